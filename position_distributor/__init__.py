@@ -1,0 +1,10 @@
+"""Position Distributor: every trading strategy's live positions, on every strategy's node."""
+
+from __future__ import annotations
+
+from .node import Config, Node, NodeError, UpdatesOverflow
+from .peer import Limits, PeerStatus
+from .types import Position
+
+__all__ = ["Config", "Limits", "Node", "NodeError", "PeerStatus", "Position", "UpdatesOverflow"]
+__version__ = "0.1.0"

@@ -1,0 +1,235 @@
+"""Command line: ``python -m position_distributor NAME PORT [HOST:PORT ...]``, and the console."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import IO, NoReturn
+
+from loguru import logger
+
+from .console import HELP, Command, ConsoleError, TradeCommand, parse_line
+from .node import Config, Node, NodeError
+from .peer import Limits
+from .types import format_row
+from .wire import DEFAULT_MAX_FRAME_SIZE
+
+__all__ = ["main", "parse_args"]
+
+PROG = "position-distributor"
+LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {thread.name: <17} | {message}"
+
+DESCRIPTION = """\
+Run one strategy's node of the Position Distributor: every node holds the live positions
+of every strategy. Trades typed at stdin as "SYMBOL QTY" (e.g. "AAPL 100") change this
+strategy's positions; every change, own or learnt from a peer, prints one row on stdout:
+strategy | symbol | net position | timestamp (ns). Type "help" for the console commands.
+Logs go to stderr."""
+
+EPILOG = """\
+example, three strategies in a full mesh (each dials the ones started before it):
+  position-distributor strategy_1 12345
+  position-distributor strategy_2 12346 127.0.0.1:12345
+  position-distributor strategy_3 12347 127.0.0.1:12345 127.0.0.1:12346
+
+exit status: 0 after a normal stop, 2 if the node could not start."""
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line, no usage dump: say what was wrong and where to look."""
+        self.exit(2, f"{PROG}: error: {message} (see {PROG} --help)\n")
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: expected a number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: expected 1-65535 (0: any free)")
+    return port
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port_text = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")  # [::1]:12345
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(
+            f"invalid peer address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:12345"
+        )
+    try:
+        port = int(port_text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"invalid port in peer address {text!r}: expected HOST:PORT with a port of 1-65535"
+        )
+    return host, port
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 86400:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: expected seconds, e.g. 2.5")
+    return value
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(
+        prog=PROG, description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("name", metavar="NAME", help="this node's strategy, e.g. strategy_1")
+    parser.add_argument("port", metavar="PORT", type=_port, help="port to listen on for peers")
+    parser.add_argument(
+        "peers", metavar="HOST:PORT", nargs="*", type=_address,
+        help="peers to dial, and redial forever after a drop",
+    )
+    parser.add_argument(
+        "--data-dir", metavar="DIR", type=Path, default=Path("data"),
+        help="where the store NAME.sqlite3 lives (default: ./data)",
+    )
+    parser.add_argument(
+        "--bind", metavar="ADDR", default="127.0.0.1",
+        help="address to listen on (default: 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--log-level", metavar="LEVEL", default="INFO", type=str.upper, choices=LOG_LEVELS,
+        help=f"stderr log level: {', '.join(LOG_LEVELS)} (default: INFO)",
+    )
+    parser.add_argument(
+        "--no-console", action="store_true",
+        help="do not read stdin (run under a service manager; stop with SIGTERM)",
+    )
+    parser.add_argument(
+        "--recovery-timeout", metavar="SECONDS", type=_seconds, default=5.0,
+        help="with a new or lost store, how long to hold trades while waiting for peers to"
+        " send this strategy's positions back (default: 5)",
+    )
+    parser.add_argument(
+        "--heartbeat", metavar="SECONDS", type=_seconds, default=1.0,
+        help="heartbeat interval on idle connections; a peer silent for 5 intervals is"
+        " dropped and redialled (default: 1)",
+    )
+    parser.add_argument(
+        "--max-frame-size", metavar="BYTES", type=int, default=DEFAULT_MAX_FRAME_SIZE,
+        help=f"largest frame accepted from a peer (default: {DEFAULT_MAX_FRAME_SIZE})",
+    )
+    parser.add_argument(
+        "--fsync", action="store_true",
+        help="fsync every commit, so acknowledged trades also survive a power cut"
+        " (default: they survive a crash or kill -9 of the process)",
+    )
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Namespace]:
+    """Parse the command line into a Config; exit 2 with one line on stderr if it is bad."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.heartbeat <= 0:
+        parser.error("--heartbeat must be above 0")
+    if args.max_frame_size < 1024:
+        parser.error("--max-frame-size must be at least 1024")
+    limits = Limits(
+        max_frame_size=args.max_frame_size,
+        heartbeat_interval=args.heartbeat,
+        idle_timeout=5 * args.heartbeat,
+    )
+    try:
+        config = Config(
+            name=args.name, port=args.port, peers=tuple(args.peers), data_dir=args.data_dir,
+            bind=args.bind, limits=limits, recovery_timeout=args.recovery_timeout,
+            fsync=args.fsync,
+        )
+    except NodeError as exc:
+        parser.error(str(exc))
+    return config, args
+
+
+class _Stop(Exception):
+    """Raised in the main thread by SIGTERM, to stop gracefully."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise _Stop
+
+
+def run_console(node: Node, stdin: IO[str], stderr: IO[str]) -> None:
+    """Read commands until EOF, ``exit`` or ``quit``."""
+    out = node.output
+    for line in stdin:
+        try:
+            command = parse_line(line)
+        except ConsoleError as exc:
+            stderr.write(f"error: {exc}\n")
+            stderr.flush()
+            continue
+        if command is None:
+            continue
+        if type(command) is TradeCommand:
+            node.submit(command.symbol, command.quantity)
+            continue
+        assert isinstance(command, Command)
+        name = command.name
+        if name in ("exit", "quit"):
+            return
+        if name == "help":
+            out.write(HELP)
+        elif name == "positions":
+            rows = "".join(format_row(p) + "\n" for p in node.positions())
+            out.write(f"Current positions\n{rows}\n")
+        elif name == "exposure":
+            rows = "".join(f"{symbol} | {net:.6f}\n" for symbol, net in node.exposure().items())
+            out.write(f"Exposure\n{rows}\n")
+        elif name == "peers":
+            lines = []
+            for status in node.peers():
+                heard = "-" if status.last_heard is None else f"{status.last_heard:.1f}s ago"
+                lines.append(
+                    f"{status.name or '?'} | {status.address} | {status.state} | {heard}\n"
+                )
+            out.write("Peers\n" + ("".join(lines) or "(none configured or connected)\n") + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m position_distributor`` and ``position-distributor``."""
+    config, args = parse_args(argv)
+    logger.remove()
+    logger.add(sys.stderr, level=args.log_level, format=LOG_FORMAT, backtrace=False)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    node = Node(config, out=sys.stdout)
+    try:
+        node.start()
+    except NodeError as exc:
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return 2
+    try:
+        if args.no_console:
+            threading.Event().wait()
+        else:
+            run_console(node, sys.stdin, sys.stderr)
+            logger.info("end of console input: stopping")
+    except (KeyboardInterrupt, _Stop):
+        logger.info("signal received: stopping")
+    finally:
+        # A second signal during the stop must not leave threads half-stopped.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        node.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

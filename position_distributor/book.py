@@ -1,0 +1,94 @@
+"""The book: every strategy's positions, merged last-writer-wins as a semilattice."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from .types import Position
+
+__all__ = ["Book", "merge"]
+
+
+def _key(position: Position) -> tuple[int, float]:
+    return (position.timestamp, position.net_position)
+
+
+def merge(a: Position | None, b: Position) -> Position:
+    """Return the greater of two entries for one ``(strategy, symbol)`` by ``(timestamp, net)``.
+
+    Commutative, associative and idempotent, so any order or duplication of the same updates
+    gives the same result.
+    """
+    if a is None or _key(b) > _key(a):
+        return b
+    return a
+
+
+class Book:
+    """Maps ``(strategy, symbol)`` to the greatest ``Position`` seen for it.
+
+    Pure and single-threaded: the engine holds a lock around it.
+    """
+
+    def __init__(self, positions: Iterable[Position] = ()) -> None:
+        # strategy -> symbol -> position, so one strategy's positions are one lookup away.
+        self._by_strategy: dict[str, dict[str, Position]] = {}
+        self._size = 0
+        for position in positions:
+            self.apply(position)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __iter__(self) -> Iterator[Position]:
+        for symbols in self._by_strategy.values():
+            yield from symbols.values()
+
+    def apply(self, position: Position) -> bool:
+        """Merge ``position`` into the book; return whether it changed anything."""
+        if position.net_position == 0.0:
+            # -0.0 and 0.0 compare equal but print differently: keep one spelling.
+            position = position._replace(net_position=0.0)
+        symbols = self._by_strategy.get(position.strategy)
+        if symbols is None:
+            symbols = self._by_strategy[position.strategy] = {}
+        current = symbols.get(position.symbol)
+        if current is None:
+            self._size += 1
+        elif _key(position) <= _key(current):
+            return False
+        symbols[position.symbol] = position
+        return True
+
+    def get(self, strategy: str, symbol: str) -> Position | None:
+        """The current entry for ``(strategy, symbol)``, if any."""
+        symbols = self._by_strategy.get(strategy)
+        return None if symbols is None else symbols.get(symbol)
+
+    def of_strategy(self, strategy: str) -> list[Position]:
+        """Every position held for ``strategy``, in no particular order."""
+        return list(self._by_strategy.get(strategy, {}).values())
+
+    def not_of(self, *strategies: str) -> list[Position]:
+        """Every position held for strategies other than ``strategies``."""
+        return [
+            position
+            for strategy, symbols in self._by_strategy.items()
+            if strategy not in strategies
+            for position in symbols.values()
+        ]
+
+    def count(self, strategy: str) -> int:
+        """How many symbols are held for ``strategy``."""
+        return len(self._by_strategy.get(strategy, ()))
+
+    def positions(self) -> list[Position]:
+        """Every position, sorted by strategy then symbol."""
+        return sorted(self, key=lambda p: (p.strategy, p.symbol))
+
+    def exposure(self) -> dict[str, float]:
+        """Net position per symbol summed over every strategy, sorted by symbol."""
+        totals: dict[str, float] = {}
+        for position in self:
+            totals[position.symbol] = totals.get(position.symbol, 0.0) + position.net_position
+        return dict(sorted(totals.items()))

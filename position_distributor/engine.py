@@ -1,0 +1,380 @@
+"""Engine: the book, its two queues and their consumer threads, the sync, the recovery window.
+
+Two consumers, as in the original: ``consume-trades`` applies own trades, ``consume-positions``
+applies positions received from peers. Each blocks on its queue, drains whatever is queued,
+applies it under the book lock, then publishes the changes: one store transaction for the
+batch, one broadcast, one write of rows. Publishing happens under the publish lock, taken
+before the book lock is released, so changes are stored, sent and printed in the order they
+were applied, and nothing calls out while holding the book lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import queue
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import Future
+from typing import IO, Any, Final, NamedTuple
+
+from loguru import logger
+
+from .book import Book
+from .clock import Clock
+from .dispatcher import Event, EventDispatcher
+from .peer import Connection, Peer
+from .store import Store
+from .types import Position
+from .wire import SyncDone, encode, encode_position
+
+__all__ = ["Engine", "Output", "Subscriber", "TradeError"]
+
+_STOP: Final = None  # consumer sentinel, read from the consumer's own queue
+_MAX_BATCH: Final = 4096  # items drained per batch: bounds a transaction and a write
+
+
+class TradeError(Exception):
+    """A trade that cannot be applied (its result would not be a finite number)."""
+
+
+class Output:
+    """A text stream shared by threads: each ``write`` is written and flushed whole."""
+
+    def __init__(self, stream: IO[str] | None) -> None:
+        self._stream = stream
+        # Mutex serializing writes, so rows from two threads never interleave.
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> None:
+        if self._stream is None or not text:
+            return
+        with self._lock:
+            self._stream.write(text)
+            self._stream.flush()
+
+
+class Subscriber:
+    """Receives every batch of applied changes; ``deliver`` must not block."""
+
+    def deliver(self, changes: list[Position]) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class _Trade(NamedTuple):
+    symbol: str
+    quantity: float
+    future: Future[Position] | None
+
+
+class Engine:
+    """The book of one node running strategy ``name``, and the threads that change it."""
+
+    def __init__(
+        self,
+        name: str,
+        dispatcher: EventDispatcher,
+        peer: Peer,
+        store: Store,
+        *,
+        out: Output,
+        recovery_timeout: float = 5.0,
+        recovery_grace: float = 0.5,
+        expected_peers: int = 0,
+        max_queue: int = 65536,
+    ) -> None:
+        self.name = name
+        self._peer = peer
+        self._store = store
+        self._out = out
+        positions, last_ts = store.load()
+        # Mutex protecting the book and the clock.
+        self._book_lock = threading.Lock()
+        self._book = Book(positions)
+        self._clock = Clock(last_ts)
+        # Mutex ordering what follows an apply: store commit, broadcast, rows, subscribers.
+        # Taken before the book lock is released (see _apply_then_publish).
+        self._publish_lock = threading.Lock()
+        self._subscribers: tuple[Subscriber, ...] = ()
+        self._trades: queue.Queue[_Trade | None] = queue.Queue(max_queue)
+        self._positions: queue.Queue[tuple[Connection, list[Any]] | None] = queue.Queue(1024)
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+        # Recovery window (a store that has never had its own positions back).
+        self.recovering = store.needs_recovery
+        self._recovery_timeout = recovery_timeout
+        self._recovery_grace = recovery_grace
+        self._expected_peers = expected_peers
+        # Condition signalling a peer's completed sync; its lock protects _synced.
+        self._synced_cond = threading.Condition()
+        self._synced: set[str] = set()
+        self._first_sync_at: float | None = None
+        dispatcher.subscribe(Event.ACCEPTED, self._send_sync)
+        dispatcher.subscribe(Event.CONNECTED, self._send_sync)
+        dispatcher.subscribe(Event.MESSAGE, self._on_message)
+
+    # Lifecycle.
+
+    def start(self) -> None:
+        """Start the two consumer threads."""
+        for target, name in (
+            (self._consume_trades, "consume-trades"),
+            (self._consume_positions, "consume-positions"),
+        ):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop_trades(self) -> None:
+        """Apply the trades already queued, then stop the trade consumer."""
+        with self._synced_cond:
+            self._stopping = True
+            self._synced_cond.notify_all()
+        self._trades.put(_STOP)
+        self._threads[0].join()
+
+    def stop(self) -> None:
+        """Stop both consumers (after applying what is queued). Idempotent."""
+        if not self._threads:
+            return
+        if self._threads[0].is_alive():
+            self.stop_trades()
+        self._positions.put(_STOP)
+        self._threads[1].join()
+        # A reader blocked on a full queue is released by emptying it; it sees _stopping next.
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._positions.get_nowait()
+
+    # What the node is asked for.
+
+    def submit(self, symbol: str, quantity: float, future: Future[Position] | None = None) -> None:
+        """Queue a validated trade; blocks while the trade queue is full (backpressure)."""
+        self._trades.put(_Trade(symbol, quantity, future))
+
+    def positions(self) -> list[Position]:
+        """Every position held, sorted by strategy then symbol."""
+        with self._book_lock:
+            return self._book.positions()
+
+    def exposure(self) -> dict[str, float]:
+        """Net position per symbol over every strategy."""
+        with self._book_lock:
+            return self._book.exposure()
+
+    def add_subscriber(self, subscriber: Subscriber) -> None:
+        with self._publish_lock:
+            self._subscribers = (*self._subscribers, subscriber)
+
+    def remove_subscriber(self, subscriber: Subscriber) -> None:
+        with self._publish_lock:
+            self._subscribers = tuple(s for s in self._subscribers if s is not subscriber)
+
+    # Peer event handlers (run in Peer threads).
+
+    def _send_sync(self, conn: Connection) -> None:
+        """Send a new peer our own positions, then the echo of its own, then SyncDone.
+
+        The connection is already live when this runs, so an update applied after the
+        snapshot below is broadcast to it as well: nothing falls between the two.
+        """
+        other = conn.name
+        assert other is not None
+        with self._book_lock:
+            own = self._book.of_strategy(self.name)
+            echo = self._book.of_strategy(other)
+        data = b"".join(map(encode_position, own)) + b"".join(map(encode_position, echo))
+        conn.send(data + encode(SyncDone(len(own) + len(echo))), bounded=False)
+        logger.debug("sent {} own and {} echoed positions to {}", len(own), len(echo), other)
+
+    def _on_message(self, conn: Connection, messages: list[Any]) -> None:
+        if not self._stopping:
+            self._positions.put((conn, messages))
+
+    # Consumer threads.
+
+    def _consume_trades(self) -> None:
+        """Trade consumer: hold trades while recovering, then apply them in batches."""
+        try:
+            if self.recovering and not self._await_recovery():
+                self._drop_held_trades()
+                return
+            for batch in self._batches(self._trades):
+                self._apply_trades(batch)
+        except Exception:  # a safety net: this branch should never run
+            logger.opt(exception=True).critical("trade consumer failed; no trade will apply")
+
+    def _consume_positions(self) -> None:
+        """Position consumer: apply peers' positions in batches; count completed syncs."""
+        try:
+            for batch in self._batches(self._positions):
+                self._apply_positions(batch)
+        except Exception:  # a safety net: this branch should never run
+            logger.opt(exception=True).critical("position consumer failed")
+
+    def _batches(self, q: queue.Queue[Any]) -> Iterable[list[Any]]:
+        """Block for one item, then take whatever else is queued; end at the sentinel."""
+        get, get_nowait = q.get, q.get_nowait
+        while True:
+            item = get()
+            if item is _STOP:
+                return
+            batch = [item]
+            with contextlib.suppress(queue.Empty):
+                while len(batch) < _MAX_BATCH:
+                    item = get_nowait()
+                    if item is _STOP:
+                        yield batch
+                        return
+                    batch.append(item)
+            yield batch
+
+    def _apply_trades(self, trades: list[_Trade]) -> None:
+        name = self.name
+        book = self._book
+        changes: list[Position] = []
+        futures: list[tuple[Future[Position], Position | TradeError]] = []
+        self._book_lock.acquire()
+        try:
+            next_ts = self._clock.next
+            for symbol, quantity, future in trades:
+                current = book.get(name, symbol)
+                net = (0.0 if current is None else current.net_position) + quantity
+                if not math.isfinite(net):
+                    error = TradeError(f"{symbol} {quantity:g} would make the position overflow")
+                    logger.error("trade refused: {}", error)
+                    if future is not None:
+                        futures.append((future, error))
+                    continue
+                position = Position(name, symbol, net + 0.0, next_ts())
+                book.apply(position)
+                changes.append(position)
+                if future is not None:
+                    futures.append((future, position))
+            clock = self._clock.last
+            self._publish_lock.acquire()
+        finally:
+            self._book_lock.release()
+        try:
+            self._publish(changes, clock, broadcast=changes)
+        finally:
+            self._publish_lock.release()
+        for future, result in futures:
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    def _apply_positions(self, batch: list[tuple[Connection, list[Any]]]) -> None:
+        name = self.name
+        book = self._book
+        changes: list[Position] = []
+        own_changes: list[Position] = []
+        synced: list[str] = []
+        self._book_lock.acquire()
+        try:
+            apply = book.apply
+            observe = self._clock.observe
+            for conn, messages in batch:
+                for message in messages:
+                    if type(message) is Position:
+                        if message.strategy == name:
+                            # The echo of our own position: never stamp older than it again.
+                            observe(message.timestamp)
+                            if apply(message):
+                                changes.append(message)
+                                own_changes.append(message)
+                        elif apply(message):
+                            changes.append(message)
+                    elif type(message) is SyncDone and conn.name is not None:
+                        synced.append(conn.name)
+            clock = self._clock.last
+            self._publish_lock.acquire()
+        finally:
+            self._book_lock.release()
+        try:
+            # Own positions learnt back are broadcast: a peer may have missed them too.
+            self._publish(changes, clock, broadcast=own_changes)
+        finally:
+            self._publish_lock.release()
+        if synced:
+            self._note_synced(synced)
+
+    def _publish(self, changes: list[Position], clock: int, *, broadcast: list[Position]) -> None:
+        """Commit, broadcast, print and notify. Caller holds the publish lock."""
+        assert self._publish_lock.locked()
+        if not changes:
+            return
+        self._store.commit(changes, clock)
+        if broadcast:
+            self._peer.broadcast(b"".join(map(encode_position, broadcast)))
+        self._out.write("".join([p.row() + "\n" for p in changes]))
+        for subscriber in self._subscribers:
+            subscriber.deliver(changes)
+
+    # Recovery window.
+
+    def _note_synced(self, strategies: list[str]) -> None:
+        with self._synced_cond:
+            self._synced.update(strategies)
+            if self._first_sync_at is None:
+                self._first_sync_at = time.monotonic()
+            self._synced_cond.notify_all()
+
+    def _drop_held_trades(self) -> None:
+        """The node stops while recovering: trades held were never applied, so never acked."""
+        dropped = 0
+        for batch in self._batches(self._trades):
+            for trade in batch:
+                dropped += 1
+                if trade.future is not None:
+                    trade.future.set_exception(TradeError("node stopped while recovering"))
+        if dropped:
+            logger.warning("{} trade(s) held during recovery were not applied", dropped)
+
+    def _await_recovery(self) -> bool:
+        """Hold trades until the peers have synced our own positions back, or time runs out.
+
+        Returns False if the node is stopping instead.
+        """
+        expected = self._expected_peers
+        logger.warning(
+            "store is new or was lost: holding trades until {} sent our positions back"
+            " (at most {:g}s)",
+            f"{expected} configured peer(s) have" if expected else "the first peer to connect has",
+            self._recovery_timeout,
+        )
+        deadline = time.monotonic() + self._recovery_timeout
+        with self._synced_cond:
+            while not self._stopping:
+                now = time.monotonic()
+                if expected and len(self._synced) >= expected:
+                    break
+                wait = deadline - now
+                if not expected and self._first_sync_at is not None:
+                    wait = min(wait, self._first_sync_at + self._recovery_grace - now)
+                if wait <= 0:
+                    break
+                self._synced_cond.wait(wait)
+            synced = sorted(self._synced)
+            stopping = self._stopping
+        if stopping:
+            return False
+        with self._book_lock:
+            own = self._book.count(self.name)
+        if synced:
+            logger.warning(
+                "recovery done: synced with {}; {} own position(s) recovered; applying trades",
+                ", ".join(synced), own,
+            )
+        else:
+            logger.warning(
+                "recovery timeout after {:g}s: no peer synced; starting with {} own position(s)",
+                self._recovery_timeout, own,
+            )
+        with self._publish_lock:
+            self._store.mark_recovered()
+        self.recovering = False
+        return True
+

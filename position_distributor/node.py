@@ -1,0 +1,248 @@
+"""Node: a whole Position Distributor node (store, engine, peer), for the CLI and for Python code."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import AsyncIterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import janus
+from loguru import logger
+
+from .dispatcher import EventDispatcher
+from .engine import Engine, Output, Subscriber
+from .peer import Limits, Peer, PeerStatus
+from .store import Store
+from .types import MAX_SYMBOL_LENGTH, Position, valid_strategy, valid_symbol
+
+__all__ = ["Config", "Node", "NodeError", "UpdatesOverflow"]
+
+
+class NodeError(Exception):
+    """The node cannot start (bad configuration, busy port, unusable store) or was misused."""
+
+
+class UpdatesOverflow(Exception):
+    """An ``updates()`` consumer fell more than ``maxsize`` changes behind and was cut off.
+
+    Everything delivered before is correct; to carry on, read ``positions()`` for the current
+    view and subscribe again.
+    """
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a node needs to run; the CLI builds one from its arguments."""
+
+    name: str
+    port: int = 0
+    peers: tuple[tuple[str, int], ...] = ()
+    data_dir: Path = Path("data")
+    bind: str = "127.0.0.1"
+    limits: Limits = field(default_factory=Limits)
+    recovery_timeout: float = 5.0
+    fsync: bool = False
+
+    def __post_init__(self) -> None:
+        if not valid_strategy(self.name):
+            raise NodeError(
+                f"invalid strategy name {self.name!r}: use 1-64 of letters, digits, '.', '_', '-'"
+            )
+        if not 0 <= self.port <= 65535:
+            raise NodeError(f"invalid port {self.port}: expected 0-65535")
+        if self.recovery_timeout < 0:
+            raise NodeError("recovery timeout must not be negative")
+
+
+class _Updates(Subscriber):
+    """Bridges applied changes from engine threads to one asyncio consumer, bounded."""
+
+    def __init__(self, queue: janus.Queue[Any], maxsize: int) -> None:
+        self._queue = queue
+        self._maxsize = maxsize
+        # Mutex protecting _pending (changes delivered, not yet taken by the consumer).
+        self._lock = threading.Lock()
+        self._pending = 0
+        self.overflowed = False
+
+    def deliver(self, changes: list[Position]) -> None:
+        with self._lock:
+            if self.overflowed:
+                return
+            if self._pending + len(changes) > self._maxsize:
+                self.overflowed = True
+                self._queue.sync_q.put_nowait(None)
+                return
+            self._pending += len(changes)
+        self._queue.sync_q.put_nowait(changes)
+
+    def taken(self, count: int) -> None:
+        with self._lock:
+            self._pending -= count
+
+
+class Node:
+    """One strategy's node: ``start()``, ``trade()``, ``positions()``, ``updates()``, ``stop()``.
+
+    Rows of applied changes are written to ``out`` (the CLI passes stdout; ``None`` writes
+    nothing). Use it as a context manager to stop it for sure.
+    """
+
+    def __init__(self, config: Config, *, out: IO[str] | None = None) -> None:
+        self.config = config
+        self.output = Output(out)
+        self._dispatcher = EventDispatcher()
+        self._store: Store | None = None
+        self._peer: Peer | None = None
+        self._engine: Engine | None = None
+        self._state = "new"
+        # Mutex serializing start() and stop().
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def port(self) -> int:
+        """The port this node listens on (the one chosen by the OS if configured as 0)."""
+        if self._peer is None:
+            raise NodeError(f"node {self.name} has not started")
+        return self._peer.port
+
+    @property
+    def recovering(self) -> bool:
+        """Whether typed trades are held until peers send this node's positions back."""
+        return self._engine is not None and self._engine.recovering
+
+    def start(self) -> Node:
+        """Open the store, print the stored view, listen, dial the peers, start the consumers."""
+        with self._lock:
+            if self._state != "new":
+                raise NodeError(f"node {self.name} is {self._state}; a Node starts once")
+            config = self.config
+            try:
+                self._store = Store(config.data_dir, config.name, fsync=config.fsync)
+            except Exception as exc:
+                raise NodeError(str(exc)) from exc
+            self._peer = Peer(
+                config.name, self._dispatcher, bind=config.bind, port=config.port,
+                peers=config.peers, limits=config.limits,
+            )
+            self._engine = Engine(
+                config.name, self._dispatcher, self._peer, self._store, out=self.output,
+                recovery_timeout=config.recovery_timeout, expected_peers=len(config.peers),
+            )
+            stored = self._engine.positions()
+            self.output.write("".join(p.row() + "\n" for p in stored))
+            try:
+                self._peer.start()
+            except OSError as exc:
+                self._store.close()
+                self._state = "stopped"
+                raise NodeError(
+                    f"cannot listen on {config.bind}:{config.port}: {exc.strerror or exc}"
+                ) from exc
+            self._engine.start()
+            self._state = "running"
+        logger.info(
+            "{} listening on {}:{}, {} stored position(s), store {}",
+            config.name, config.bind, self._peer.port, len(stored), self._store.path,
+        )
+        return self
+
+    def stop(self) -> None:
+        """Apply queued trades, flush them to peers, close every connection and thread."""
+        with self._lock:
+            if self._state != "running":
+                self._state = "stopped"
+                return
+            self._state = "stopping"
+            assert self._engine and self._peer and self._store
+            self._engine.stop_trades()
+            self._peer.stop()
+            self._engine.stop()
+            self._store.close()
+            self._state = "stopped"
+        logger.info("{} stopped", self.name)
+
+    def __enter__(self) -> Node:
+        if self._state == "new":
+            self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def trade(self, symbol: str, quantity: float) -> Future[Position]:
+        """Apply a trade of ``quantity`` (a signed delta) in ``symbol`` to this node's position.
+
+        Returns a future set to the resulting position once it is committed to the store
+        (the moment its row is printed). Raises ``ValueError`` for a bad symbol or quantity.
+        """
+        if not valid_symbol(symbol):
+            raise ValueError(
+                f"invalid symbol {symbol!r}: use 1-{MAX_SYMBOL_LENGTH} of letters, digits, . _ : / -"
+            )
+        if not isinstance(quantity, int | float) or not math.isfinite(quantity) or quantity == 0:
+            raise ValueError(f"invalid quantity {quantity!r}: expected a finite non-zero number")
+        future: Future[Position] = Future()
+        self._started().submit(symbol, float(quantity), future)
+        return future
+
+    def submit(self, symbol: str, quantity: float) -> None:
+        """Queue an already validated trade without a future (the console's fast path)."""
+        self._started().submit(symbol, quantity)
+
+    def positions(self) -> list[Position]:
+        """Every position this node holds, sorted by strategy then symbol."""
+        return self._started().positions()
+
+    def exposure(self) -> dict[str, float]:
+        """The firm's net position per symbol, over every strategy."""
+        return self._started().exposure()
+
+    def peers(self) -> list[PeerStatus]:
+        """Each peer: name, address, state, seconds since last heard."""
+        self._started()
+        assert self._peer is not None
+        return self._peer.status()
+
+    async def updates(self, maxsize: int = 10_000) -> AsyncIterator[Position]:
+        """Yield every change applied from now on (own trades and peers' updates), in order.
+
+        For asyncio code (a dashboard, a risk job). A consumer more than ``maxsize`` changes
+        behind raises ``UpdatesOverflow`` once it has taken what was queued: the node never
+        blocks or buffers without bound for a slow consumer.
+        """
+        engine = self._started()
+        bridge: janus.Queue[Any] = janus.Queue()
+        subscriber = _Updates(bridge, maxsize)
+        engine.add_subscriber(subscriber)
+        try:
+            while True:
+                changes = await bridge.async_q.get()
+                if changes is None:
+                    raise UpdatesOverflow(
+                        f"updates consumer fell more than {maxsize} changes behind"
+                    )
+                subscriber.taken(len(changes))
+                for change in changes:
+                    yield change
+        finally:
+            engine.remove_subscriber(subscriber)
+            bridge.close()
+            await bridge.wait_closed()
+
+    def _started(self) -> Engine:
+        if self._engine is None or self._state not in ("running", "stopping"):
+            raise NodeError(f"node {self.name} is not running (state: {self._state})")
+        return self._engine

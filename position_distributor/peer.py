@@ -1,0 +1,563 @@
+"""Peer: the node's sockets. It fires events and knows nothing of positions.
+
+Threads, one job each:
+
+- ``accept``: accepts inbound connections and starts a reader thread for each;
+- ``redial-HOST:PORT``: one per configured address; dials, runs that connection's reader loop
+  in place, and redials forever after a drop, with exponential backoff and jitter;
+- ``recv-…``: a connection's blocking reader: bytes -> protocol -> events fired;
+- ``send-…``: a connection's writer: drains its queue and writes everything queued in one
+  ``sendall``; sends a heartbeat when the connection has been idle.
+
+At most one live connection per peer strategy (see ``_register``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import random
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Final, NamedTuple
+
+from loguru import logger
+
+from .dispatcher import Event, EventDispatcher
+from .protocol import Protocol, Ready, RemoteProtocolError
+from .wire import DEFAULT_MAX_FRAME_SIZE, Heartbeat, encode
+
+__all__ = ["Connection", "Limits", "Peer", "PeerStatus"]
+
+_RECV_SIZE: Final = 256 * 1024
+_SEND_SLICE: Final = 1 << 20  # each sendall is bounded in time by the socket timeout
+_HEARTBEAT: Final = encode(Heartbeat())
+_STOP: Final = None  # writer sentinel: send what is queued before it, then shut down
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Timeouts and bounds for every connection (seconds and bytes)."""
+
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    # Bytes queued for one peer before it is cut off as too slow (it resyncs on return).
+    max_send_queue: int = 32 << 20
+    heartbeat_interval: float = 1.0
+    # A connection silent this long is closed (half-open TCP, a hung peer).
+    idle_timeout: float = 5.0
+    hello_timeout: float = 5.0
+    connect_timeout: float = 2.0
+    max_connections: int = 256
+    backoff_min: float = 0.05
+    backoff_max: float = 1.0
+
+
+class PeerStatus(NamedTuple):
+    """One line of the ``peers`` command."""
+
+    name: str | None
+    address: str
+    state: str
+    last_heard: float | None  # seconds since anything was received, if connected
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
+class Connection:
+    """One TCP connection to another node: its protocol state, reader loop and writer thread."""
+
+    def __init__(
+        self, peer: Peer, sock: socket.socket, address: tuple[str, int], *, outbound: bool
+    ) -> None:
+        self.address = address
+        self.outbound = outbound
+        self.protocol = Protocol(
+            peer.name,
+            listen_port=peer.port,
+            max_frame_size=peer.limits.max_frame_size,
+            relay=peer.relay,
+        )
+        self.ready = False  # handshake complete and registered as the live connection
+        self.last_heard = time.monotonic()
+        self.reader: threading.Thread | None = None
+        self._peer = peer
+        self._sock = sock
+        # Mutex protecting _queued and _closed_reason (the send side's state).
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._queued = 0
+        self._closed_reason: str | None = None
+        self._writer = threading.Thread(
+            target=self._send_frames, name=f"send-{self.label}", daemon=True
+        )
+
+    @property
+    def name(self) -> str | None:
+        """The peer's strategy, once its Hello has been accepted."""
+        return self.protocol.peer_name
+
+    @property
+    def label(self) -> str:
+        """``host:port`` of the other end, for logs and thread names."""
+        return f"{self.address[0]}:{self.address[1]}"
+
+    @property
+    def listen_address(self) -> str:
+        """Where the peer can be dialled, as it said in its Hello."""
+        hello = self.protocol.peer
+        port = hello.listen_port if hello is not None else self.address[1]
+        return f"{self.address[0]}:{port}"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed_reason is not None
+
+    def __repr__(self) -> str:
+        direction = "dialled" if self.outbound else "accepted"
+        return f"<Connection {self.name or '?'} {self.label} {direction}>"
+
+    def send(self, data: bytes, *, bounded: bool = True) -> bool:
+        """Queue ``data`` (whole frames) for the writer; return False if the connection is closed.
+
+        A bounded send that would take the queue above ``max_send_queue`` bytes closes the
+        connection instead: a peer that cannot keep up is cut off, and resyncs when it returns.
+        """
+        size = len(data)
+        with self._lock:
+            if self._closed_reason is not None:
+                return False
+            limit = self._peer.limits.max_send_queue
+            overflow = bounded and self._queued + size > limit
+            if not overflow:
+                self._queued += size
+                self._queue.put(data)
+        if overflow:
+            self.close(
+                f"peer is not keeping up: {self._queued + size} bytes would be queued for it,"
+                f" above the limit of {limit}; it will resync when it reconnects"
+            )
+            return False
+        return True
+
+    def close(self, reason: str, *, flush: bool = False) -> None:
+        """Close the connection for ``reason`` (the first reason given is the one logged).
+
+        With ``flush``, frames already queued are sent first; otherwise the socket is shut down
+        at once, which wakes the reader's ``recv`` and the writer's ``sendall``. Idempotent.
+        """
+        with self._lock:
+            if self._closed_reason is not None:
+                return
+            self._closed_reason = reason
+            self._queue.put(_STOP)
+        self.protocol.fail()
+        if not flush:
+            self._shutdown()
+
+    def run(self) -> str:
+        """Handshake, then read until the connection ends; return why it ended.
+
+        Runs in the calling thread (an accepted connection's reader thread, or the connector
+        that dialled it). Fires ACCEPTED or CONNECTED after the handshake, MESSAGE for each
+        chunk of positions and SyncDone received, and CLOSED at the end if it was live.
+        """
+        peer = self._peer
+        limits = peer.limits
+        sock = self._sock
+        reason = "closed"
+        try:
+            sock.settimeout(limits.hello_timeout)
+            self._writer.start()
+            self.send(self.protocol.hello(), bounded=False)
+            receive_data = self.protocol.receive_data
+            fire = peer.dispatcher.fire
+            while True:
+                try:
+                    data = sock.recv(_RECV_SIZE)
+                except TimeoutError:
+                    if self.ready:
+                        reason = f"peer silent for {limits.idle_timeout:g}s"
+                    else:
+                        reason = f"no Hello within {limits.hello_timeout:g}s"
+                    break
+                if not data:
+                    reason = "connection closed by the peer"
+                    break
+                self.last_heard = time.monotonic()
+                messages = []
+                for event in receive_data(data):
+                    if type(event) is Ready:
+                        refusal = peer._register(self)
+                        if refusal is not None:
+                            reason = refusal
+                            return reason
+                        self.ready = True
+                        sock.settimeout(limits.idle_timeout)
+                        logger.info(
+                            "connected to {} at {} ({})",
+                            self.name,
+                            self.listen_address,
+                            "dialled" if self.outbound else "accepted",
+                        )
+                        fire(Event.CONNECTED if self.outbound else Event.ACCEPTED, self)
+                    else:
+                        messages.append(event)
+                if messages:
+                    fire(Event.MESSAGE, self, messages)
+        except RemoteProtocolError as exc:
+            reason = f"protocol error: {exc}"
+        except OSError as exc:
+            reason = _describe(exc)
+        except Exception as exc:  # a safety net: this branch should never run
+            logger.opt(exception=True).error("reader for {} failed", self.label)
+            reason = f"internal error: {exc!r}"
+        finally:
+            self._finish(reason)
+        return self._closed_reason or reason
+
+    def _finish(self, reason: str) -> None:
+        self.close(reason)
+        self._writer.join()
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        peer = self._peer
+        peer._unregister(self)
+        final = self._closed_reason or reason
+        who = self.name or "unidentified peer"
+        if self.ready:
+            level = "INFO" if peer.stopping else "WARNING"
+            logger.log(level, "connection with {} at {} closed: {}", who, self.label, final)
+            peer.dispatcher.fire(Event.CLOSED, self, final)
+        elif not peer.stopping:
+            logger.warning("connection from {} at {} refused: {}", who, self.label, final)
+
+    def _send_frames(self) -> None:
+        """Writer thread: drain the queue, write everything queued in one ``sendall``."""
+        sock = self._sock
+        get = self._queue.get
+        interval = self._peer.limits.heartbeat_interval
+        try:
+            while True:
+                try:
+                    item = get(timeout=interval)
+                except queue.Empty:
+                    sock.sendall(_HEARTBEAT)
+                    continue
+                chunks = [item]
+                with contextlib.suppress(queue.Empty):
+                    while True:
+                        chunks.append(self._queue.get_nowait())
+                stop = _STOP in chunks
+                data = b"".join(chunk for chunk in chunks if chunk is not _STOP)
+                with memoryview(data) as view:
+                    for start in range(0, len(data), _SEND_SLICE):
+                        sock.sendall(view[start : start + _SEND_SLICE])
+                with self._lock:
+                    self._queued -= len(data)
+                if stop:
+                    break
+        except OSError as exc:
+            self.close(f"send failed: {_describe(exc)}")
+        except Exception as exc:  # a safety net: this branch should never run
+            logger.opt(exception=True).error("writer for {} failed", self.label)
+            self.close(f"internal error: {exc!r}")
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Connector:
+    """A configured address and what we know of it; its thread redials it forever."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.strategy: str | None = None  # learnt from the first Hello received there
+        self.state = "not yet dialled"
+        self.conn: Connection | None = None
+        self.thread: threading.Thread | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class Peer:
+    """The listening socket, the connectors and every live connection of one node."""
+
+    def __init__(
+        self,
+        name: str,
+        dispatcher: EventDispatcher,
+        *,
+        bind: str = "127.0.0.1",
+        port: int = 0,
+        peers: tuple[tuple[str, int], ...] = (),
+        limits: Limits | None = None,
+        relay: bool = False,
+    ) -> None:
+        self.name = name
+        self.dispatcher = dispatcher
+        self.limits = limits or Limits()
+        self.relay = relay
+        self.bind = bind
+        self.port = port
+        self._connectors = [_Connector(host, p) for host, p in peers]
+        self._listener: socket.socket | None = None
+        self._accept_thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        # Mutex protecting _live, _all and _readers; _changed signals a change of _live.
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._live: dict[str, Connection] = {}  # peer strategy -> its one live connection
+        self._all: set[Connection] = set()  # every open connection, handshaken or not
+        self._readers: set[threading.Thread] = set()
+        # Snapshot of _live's values, replaced (never mutated) under the lock, read without it.
+        self._live_snapshot: tuple[Connection, ...] = ()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def start(self) -> None:
+        """Bind and listen (raising ``OSError`` if that fails), then start every thread."""
+        listener = socket.create_server((self.bind, self.port), backlog=128)
+        self._listener = listener
+        self.port = listener.getsockname()[1]
+        self._accept_thread = threading.Thread(target=self._accept, name="accept", daemon=True)
+        self._accept_thread.start()
+        for connector in self._connectors:
+            connector.thread = threading.Thread(
+                target=self._redial, args=(connector,), name=f"redial-{connector.label}",
+                daemon=True,
+            )
+            connector.thread.start()
+
+    def stop(self, *, flush_timeout: float = 1.0) -> None:
+        """Close everything and join every thread this Peer started. Idempotent.
+
+        Frames already queued are flushed for up to ``flush_timeout`` seconds first.
+        """
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            self._stopping.set()
+            self._changed.notify_all()
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+        if self._accept_thread is not None:
+            self._accept_thread.join()
+        with self._lock:
+            conns = list(self._all)
+        for conn in conns:
+            conn.close("node stopping", flush=True)
+        deadline = time.monotonic() + flush_timeout
+        for conn in conns:
+            conn._writer.join(max(0.0, deadline - time.monotonic()))
+            conn._shutdown()
+        for connector in self._connectors:
+            if connector.thread is not None:
+                connector.thread.join()
+        with self._lock:
+            readers = list(self._readers)
+        for thread in readers:
+            thread.join()
+
+    def connections(self) -> tuple[Connection, ...]:
+        """Every live connection (handshake complete), one per peer strategy."""
+        return self._live_snapshot
+
+    def broadcast(self, data: bytes, *, exclude: Connection | None = None) -> None:
+        """Queue ``data`` on every live connection except ``exclude``."""
+        for conn in self._live_snapshot:
+            if conn is not exclude:
+                conn.send(data)
+
+    def status(self) -> list[PeerStatus]:
+        """What the ``peers`` command shows: configured addresses, then other live peers."""
+        now = time.monotonic()
+        with self._lock:
+            live = dict(self._live)
+        rows = []
+        for connector in self._connectors:
+            conn = live.pop(connector.strategy, None) if connector.strategy else None
+            if conn is not None:
+                how = "dialled" if conn.outbound else "they dialled"
+                rows.append(
+                    PeerStatus(conn.name, connector.label, f"connected ({how})",
+                               now - conn.last_heard)
+                )
+            else:
+                rows.append(PeerStatus(connector.strategy, connector.label, connector.state, None))
+        for conn in live.values():
+            how = "dialled" if conn.outbound else "they dialled"
+            rows.append(
+                PeerStatus(conn.name, conn.listen_address, f"connected ({how})",
+                           now - conn.last_heard)
+            )
+        return rows
+
+    # Connection registry.
+
+    def _track(self, conn: Connection) -> bool:
+        """Add a new connection to the open set; False if the node is stopping."""
+        with self._lock:
+            if self._stopping.is_set():
+                return False
+            self._all.add(conn)
+            return True
+
+    def _register(self, conn: Connection) -> str | None:
+        """Make ``conn`` the live connection of its strategy; return why not, if refused.
+
+        One live connection per strategy. A newer connection in the same direction replaces
+        the older (a restarted peer redials before its old socket's EOF is read). Between two
+        connections in opposite directions (both nodes dialled), both nodes keep the one
+        dialled by the smaller strategy name.
+        """
+        name = conn.name
+        assert name is not None
+        replaced = None
+        with self._lock:
+            if self._stopping.is_set():
+                return "node stopping"
+            old = self._live.get(name)
+            if old is not None and old.outbound != conn.outbound:
+                keep_outbound = self.name < name
+                if conn.outbound != keep_outbound:
+                    dialler = self.name if keep_outbound else name
+                    return f"already connected to {name}; keeping the connection dialled by {dialler}"
+            if old is not None:
+                replaced = old
+            self._live[name] = conn
+            self._live_snapshot = tuple(self._live.values())
+            self._changed.notify_all()
+        if replaced is not None:
+            if replaced.outbound == conn.outbound:
+                why = f"replaced by a newer connection from {name} at {conn.label}"
+            else:
+                why = f"replaced by the connection dialled by {min(self.name, name)}"
+            replaced.close(why)
+        return None
+
+    def _unregister(self, conn: Connection) -> None:
+        with self._lock:
+            self._all.discard(conn)
+            if conn.name is not None and self._live.get(conn.name) is conn:
+                del self._live[conn.name]
+                self._live_snapshot = tuple(self._live.values())
+                self._changed.notify_all()
+
+    # Thread bodies.
+
+    def _accept(self) -> None:
+        """Accept thread: one reader thread per inbound connection."""
+        assert self._listener is not None
+        try:
+            while True:
+                try:
+                    sock, address = self._listener.accept()
+                except OSError as exc:
+                    if self._stopping.is_set():
+                        return
+                    logger.warning("accept failed: {}", _describe(exc))
+                    self._stopping.wait(0.1)  # e.g. out of file descriptors: do not spin
+                    continue
+                with self._lock:
+                    full = len(self._all) >= self.limits.max_connections
+                if full:
+                    logger.warning(
+                        "refusing connection from {}:{}: {} connections open (the maximum)",
+                        address[0], address[1], self.limits.max_connections,
+                    )
+                    sock.close()
+                    continue
+                conn = Connection(self, sock, address[:2], outbound=False)
+                if not self._track(conn):
+                    sock.close()
+                    return
+                thread = threading.Thread(
+                    target=self._read_accepted, args=(conn,), name=f"recv-{conn.label}",
+                    daemon=True,
+                )
+                conn.reader = thread
+                with self._lock:
+                    self._readers.add(thread)
+                thread.start()
+        except Exception:  # a safety net: this branch should never run
+            logger.opt(exception=True).error("accept thread failed")
+
+    def _read_accepted(self, conn: Connection) -> None:
+        try:
+            conn.run()
+        finally:
+            with self._lock:
+                self._readers.discard(threading.current_thread())
+
+    def _redial(self, connector: _Connector) -> None:
+        """Connector thread: dial, run the connection, and redial forever after it ends."""
+        limits = self.limits
+        backoff = limits.backoff_min
+        failures = 0
+        try:
+            while not self._stopping.is_set():
+                self._stand_by(connector)
+                if self._stopping.is_set():
+                    break
+                connector.state = "connecting"
+                try:
+                    sock = socket.create_connection(
+                        (connector.host, connector.port), timeout=limits.connect_timeout
+                    )
+                except OSError as exc:
+                    failures += 1
+                    connector.state = f"unreachable ({_describe(exc)})"
+                    if failures == 1:
+                        logger.info(
+                            "cannot reach {}: {}; will keep trying", connector.label,
+                            _describe(exc),
+                        )
+                else:
+                    conn = Connection(self, sock, (connector.host, connector.port), outbound=True)
+                    if not self._track(conn):
+                        sock.close()
+                        break
+                    connector.conn = conn
+                    reason = conn.run()
+                    connector.conn = None
+                    if conn.name is not None:
+                        connector.strategy = conn.name
+                    if conn.ready:
+                        backoff = limits.backoff_min
+                        failures = 0
+                        connector.state = f"disconnected ({reason})"
+                    else:
+                        failures += 1
+                        connector.state = f"refused ({reason})"
+                if self._stopping.wait(backoff * random.uniform(0.5, 1.0)):
+                    break
+                backoff = min(backoff * 2, limits.backoff_max)
+        except Exception:  # a safety net: this branch should never run
+            logger.opt(exception=True).error("connector for {} failed", connector.label)
+
+    def _stand_by(self, connector: _Connector) -> None:
+        """Wait while the strategy at this address is connected through another connection."""
+        with self._changed:
+            while (
+                not self._stopping.is_set()
+                and connector.strategy is not None
+                and connector.strategy in self._live
+            ):
+                connector.state = "standing by (connected the other way)"
+                self._changed.wait()

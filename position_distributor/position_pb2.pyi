@@ -1,0 +1,68 @@
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Trade(_message.Message):
+    __slots__ = ("symbol", "position")
+    SYMBOL_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    symbol: str
+    position: float
+    def __init__(self, symbol: _Optional[str] = ..., position: _Optional[float] = ...) -> None: ...
+
+class SymbolPos(_message.Message):
+    __slots__ = ("strategy_name", "symbol", "net_position", "timestamp")
+    STRATEGY_NAME_FIELD_NUMBER: _ClassVar[int]
+    SYMBOL_FIELD_NUMBER: _ClassVar[int]
+    NET_POSITION_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    strategy_name: str
+    symbol: str
+    net_position: float
+    timestamp: int
+    def __init__(self, strategy_name: _Optional[str] = ..., symbol: _Optional[str] = ..., net_position: _Optional[float] = ..., timestamp: _Optional[int] = ...) -> None: ...
+
+class Hello(_message.Message):
+    __slots__ = ("strategy", "protocol_version", "listen_port", "nonce")
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LISTEN_PORT_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    strategy: str
+    protocol_version: int
+    listen_port: int
+    nonce: bytes
+    def __init__(self, strategy: _Optional[str] = ..., protocol_version: _Optional[int] = ..., listen_port: _Optional[int] = ..., nonce: _Optional[bytes] = ...) -> None: ...
+
+class Auth(_message.Message):
+    __slots__ = ("proof",)
+    PROOF_FIELD_NUMBER: _ClassVar[int]
+    proof: bytes
+    def __init__(self, proof: _Optional[bytes] = ...) -> None: ...
+
+class SyncDone(_message.Message):
+    __slots__ = ("count",)
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    def __init__(self, count: _Optional[int] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Envelope(_message.Message):
+    __slots__ = ("hello", "position", "sync_done", "heartbeat", "auth")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    SYNC_DONE_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
+    hello: Hello
+    position: SymbolPos
+    sync_done: SyncDone
+    heartbeat: Heartbeat
+    auth: Auth
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., position: _Optional[_Union[SymbolPos, _Mapping]] = ..., sync_done: _Optional[_Union[SyncDone, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., auth: _Optional[_Union[Auth, _Mapping]] = ...) -> None: ...

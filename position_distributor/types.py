@@ -1,0 +1,66 @@
+"""Small value types shared by the codec, the book, the engine and the API."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import NamedTuple
+
+__all__ = [
+    "MAX_STRATEGY_LENGTH",
+    "MAX_SYMBOL_LENGTH",
+    "Position",
+    "format_row",
+    "invalid_position_reason",
+    "valid_strategy",
+    "valid_symbol",
+]
+
+MAX_SYMBOL_LENGTH = 32
+MAX_STRATEGY_LENGTH = 64
+
+# Symbols as exchanges spell them: letters, digits (Tokyo's 7203), and . _ : / -
+_SYMBOL = re.compile(r"[A-Za-z0-9._:/-]{1,%d}" % MAX_SYMBOL_LENGTH)
+# Strategy names also name the store file, so no path separators.
+_STRATEGY = re.compile(r"[A-Za-z0-9._-]{1,%d}" % MAX_STRATEGY_LENGTH)
+
+
+class Position(NamedTuple):
+    """One strategy's net position in one symbol, stamped by its owner's clock (ns)."""
+
+    strategy: str
+    symbol: str
+    net_position: float
+    timestamp: int
+
+    def row(self) -> str:
+        """The seed's console row: ``strategy_1 | AAPL | 100.000000 | 1742308549773254000``."""
+        return format_row(self)
+
+
+def format_row(position: Position) -> str:
+    """Format a position as the original program printed it."""
+    return f"{position[0]} | {position[1]} | {position[2]:.6f} | {position[3]}"
+
+
+def valid_symbol(symbol: str) -> bool:
+    """Whether ``symbol`` is 1-32 characters of ``[A-Za-z0-9._:/-]``."""
+    return _SYMBOL.fullmatch(symbol) is not None
+
+
+def valid_strategy(name: str) -> bool:
+    """Whether ``name`` is 1-64 characters of ``[A-Za-z0-9._-]``."""
+    return _STRATEGY.fullmatch(name) is not None
+
+
+def invalid_position_reason(position: Position) -> str | None:
+    """Say what is wrong with a position received from outside, or None if it is valid."""
+    if not valid_strategy(position.strategy):
+        return f"invalid strategy name {position.strategy[:80]!r}"
+    if not valid_symbol(position.symbol):
+        return f"invalid symbol {position.symbol[:80]!r}"
+    if not math.isfinite(position.net_position):
+        return f"non-finite net position {position.net_position!r} for {position.symbol}"
+    if position.timestamp <= 0:
+        return f"non-positive timestamp {position.timestamp} for {position.symbol}"
+    return None

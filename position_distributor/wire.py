@@ -1,0 +1,212 @@
+"""The wire codec: length-prefixed protobuf frames, parsed into small value types.
+
+Pure: bytes in, messages out, bytes out. It never touches a socket. A frame is a 4-byte
+big-endian length followed by a serialized ``Envelope`` (see ``protos/position.proto``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final, NamedTuple
+
+from google.protobuf.message import DecodeError
+
+from . import position_pb2 as pb
+from .types import Position
+
+__all__ = [
+    "DEFAULT_MAX_FRAME_SIZE",
+    "HEADER_SIZE",
+    "PROTOCOL_VERSION",
+    "Auth",
+    "Decoder",
+    "FrameTooLarge",
+    "Heartbeat",
+    "Hello",
+    "Message",
+    "MalformedMessage",
+    "SyncDone",
+    "WireError",
+    "encode",
+    "encode_position",
+    "encode_positions",
+    "frame",
+    "parse",
+]
+
+PROTOCOL_VERSION: Final = 1
+HEADER_SIZE: Final = 4
+DEFAULT_MAX_FRAME_SIZE: Final = 1 << 20  # 1 MiB
+
+
+class WireError(Exception):
+    """The bytes received from a peer are not a valid stream of frames (the peer's fault)."""
+
+
+class FrameTooLarge(WireError):
+    """A length prefix exceeds the maximum frame size; raised before anything is buffered."""
+
+
+class MalformedMessage(WireError):
+    """A frame's payload is not a valid ``Envelope`` with a known body."""
+
+
+class Hello(NamedTuple):
+    """First message on a connection, sent by both sides."""
+
+    strategy: str
+    protocol_version: int = PROTOCOL_VERSION
+    listen_port: int = 0
+    nonce: bytes = b""
+
+
+class Auth(NamedTuple):
+    """Proof that the sender holds the cluster secret."""
+
+    proof: bytes
+
+
+class SyncDone(NamedTuple):
+    """Marks the end of the sender's initial sync."""
+
+    count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Keeps an idle connection observably alive."""
+
+
+Message = Hello | Auth | SyncDone | Heartbeat | Position
+
+_HEADER_MAX: Final = 1 << 32
+
+
+def frame(payload: bytes) -> bytes:
+    """Prefix ``payload`` with its 4-byte big-endian length."""
+    if len(payload) >= _HEADER_MAX:
+        raise ValueError(f"payload of {len(payload)} bytes does not fit a frame")
+    return len(payload).to_bytes(HEADER_SIZE, "big") + payload
+
+
+def encode(message: Message) -> bytes:
+    """Encode one message as a complete frame."""
+    envelope = pb.Envelope()
+    if isinstance(message, Position):
+        return encode_position(message)
+    if isinstance(message, Hello):
+        envelope.hello.strategy = message.strategy
+        envelope.hello.protocol_version = message.protocol_version
+        envelope.hello.listen_port = message.listen_port
+        envelope.hello.nonce = message.nonce
+    elif isinstance(message, SyncDone):
+        envelope.sync_done.count = message.count
+    elif isinstance(message, Heartbeat):
+        envelope.heartbeat.SetInParent()
+    elif isinstance(message, Auth):
+        envelope.auth.proof = message.proof
+    else:  # pragma: no cover - the type checker proves this unreachable
+        raise TypeError(f"cannot encode {message!r}")
+    return frame(envelope.SerializeToString())
+
+
+def encode_position(position: Position) -> bytes:
+    """Encode one position as a complete frame."""
+    envelope = pb.Envelope(
+        position=pb.SymbolPos(
+            strategy_name=position.strategy,
+            symbol=position.symbol,
+            net_position=position.net_position,
+            timestamp=position.timestamp,
+        )
+    )
+    return frame(envelope.SerializeToString())
+
+
+def encode_positions(positions: Iterable[Position]) -> bytes:
+    """Encode positions as consecutive frames, ready for a single ``sendall``."""
+    return b"".join(map(encode_position, positions))
+
+
+def parse(payload: bytes) -> Message:
+    """Parse one frame's payload into a message; raise ``MalformedMessage`` if it is not one."""
+    try:
+        envelope = pb.Envelope.FromString(payload)
+    except DecodeError as exc:
+        raise MalformedMessage(f"undecodable frame of {len(payload)} bytes") from exc
+    kind = envelope.WhichOneof("body")
+    if kind == "position":
+        p = envelope.position
+        # Adding 0.0 turns -0.0 into 0.0, so equal positions always print alike.
+        return Position(p.strategy_name, p.symbol, p.net_position + 0.0, p.timestamp)
+    if kind == "heartbeat":
+        return Heartbeat()
+    if kind == "hello":
+        h = envelope.hello
+        return Hello(h.strategy, h.protocol_version, h.listen_port, h.nonce)
+    if kind == "sync_done":
+        return SyncDone(envelope.sync_done.count)
+    if kind == "auth":
+        return Auth(envelope.auth.proof)
+    if payload:
+        raise MalformedMessage(
+            f"frame of {len(payload)} bytes carries no known message"
+            " (a bare SymbolPos from a peer that does not speak this protocol?)"
+        )
+    raise MalformedMessage("empty frame")
+
+
+class Decoder:
+    """Splits a byte stream into frame payloads, whatever the chunking of the bytes.
+
+    ``feed(data)`` returns every payload completed by ``data``. A length prefix above
+    ``max_frame_size`` raises ``FrameTooLarge`` before any of its body is buffered, so a peer
+    can never make us allocate more than ``max_frame_size`` plus one read.
+    """
+
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        if max_frame_size < 1:
+            raise ValueError("max_frame_size must be positive")
+        self.max_frame_size = max_frame_size
+        self._buffer = bytearray()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet part of a complete frame."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add received bytes; return the payloads of the frames they complete."""
+        buffer = self._buffer
+        if not buffer:
+            # Common case: nothing pending, so cut frames straight from ``data``.
+            payloads, consumed = self._split(data)
+            if consumed < len(data):
+                buffer += data[consumed:]
+            return payloads
+        buffer += data
+        payloads, consumed = self._split(buffer)
+        if consumed:
+            del buffer[:consumed]
+        return payloads
+
+    def _split(self, data: bytes | bytearray) -> tuple[list[bytes], int]:
+        """Cut complete frames off the front of ``data``; return them and the bytes used."""
+        payloads: list[bytes] = []
+        offset = 0
+        end = len(data)
+        limit = self.max_frame_size
+        with memoryview(data) as view:
+            while end - offset >= HEADER_SIZE:
+                length = int.from_bytes(view[offset : offset + HEADER_SIZE], "big")
+                if length > limit:
+                    raise FrameTooLarge(
+                        f"frame of {length} bytes announced, above the maximum of {limit}"
+                    )
+                start = offset + HEADER_SIZE
+                if end - start < length:
+                    break
+                payloads.append(bytes(view[start : start + length]))
+                offset = start + length
+        return payloads, offset
