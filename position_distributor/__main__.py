@@ -87,47 +87,72 @@ def _seconds(text: str) -> float:
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(
-        prog=PROG, description=DESCRIPTION, epilog=EPILOG,
+        prog=PROG,
+        description=DESCRIPTION,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("name", metavar="NAME", help="this node's strategy, e.g. strategy_1")
     parser.add_argument("port", metavar="PORT", type=_port, help="port to listen on for peers")
     parser.add_argument(
-        "peers", metavar="HOST:PORT", nargs="*", type=_address,
+        "peers",
+        metavar="HOST:PORT",
+        nargs="*",
+        type=_address,
         help="peers to dial, and redial forever after a drop",
     )
     parser.add_argument(
-        "--data-dir", metavar="DIR", type=Path, default=Path("data"),
+        "--data-dir",
+        metavar="DIR",
+        type=Path,
+        default=Path("data"),
         help="where the store NAME.sqlite3 lives (default: ./data)",
     )
     parser.add_argument(
-        "--bind", metavar="ADDR", default="127.0.0.1",
+        "--bind",
+        metavar="ADDR",
+        default="127.0.0.1",
         help="address to listen on (default: 127.0.0.1)",
     )
     parser.add_argument(
-        "--log-level", metavar="LEVEL", default="INFO", type=str.upper, choices=LOG_LEVELS,
+        "--log-level",
+        metavar="LEVEL",
+        default="INFO",
+        type=str.upper,
+        choices=LOG_LEVELS,
         help=f"stderr log level: {', '.join(LOG_LEVELS)} (default: INFO)",
     )
     parser.add_argument(
-        "--no-console", action="store_true",
+        "--no-console",
+        action="store_true",
         help="do not read stdin (run under a service manager; stop with SIGTERM)",
     )
     parser.add_argument(
-        "--recovery-timeout", metavar="SECONDS", type=_seconds, default=5.0,
+        "--recovery-timeout",
+        metavar="SECONDS",
+        type=_seconds,
+        default=5.0,
         help="with a new or lost store, how long to hold trades while waiting for peers to"
         " send this strategy's positions back (default: 5)",
     )
     parser.add_argument(
-        "--heartbeat", metavar="SECONDS", type=_seconds, default=1.0,
+        "--heartbeat",
+        metavar="SECONDS",
+        type=_seconds,
+        default=1.0,
         help="heartbeat interval on idle connections; a peer silent for 5 intervals is"
         " dropped and redialled (default: 1)",
     )
     parser.add_argument(
-        "--max-frame-size", metavar="BYTES", type=int, default=DEFAULT_MAX_FRAME_SIZE,
+        "--max-frame-size",
+        metavar="BYTES",
+        type=int,
+        default=DEFAULT_MAX_FRAME_SIZE,
         help=f"largest frame accepted from a peer (default: {DEFAULT_MAX_FRAME_SIZE})",
     )
     parser.add_argument(
-        "--fsync", action="store_true",
+        "--fsync",
+        action="store_true",
         help="fsync every commit, so acknowledged trades also survive a power cut"
         " (default: they survive a crash or kill -9 of the process)",
     )
@@ -149,8 +174,13 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
     )
     try:
         config = Config(
-            name=args.name, port=args.port, peers=tuple(args.peers), data_dir=args.data_dir,
-            bind=args.bind, limits=limits, recovery_timeout=args.recovery_timeout,
+            name=args.name,
+            port=args.port,
+            peers=tuple(args.peers),
+            data_dir=args.data_dir,
+            bind=args.bind,
+            limits=limits,
+            recovery_timeout=args.recovery_timeout,
             fsync=args.fsync,
         )
     except NodeError as exc:

@@ -61,9 +61,7 @@ def parse_line(line: str) -> TradeCommand | Command | None:
             f" or one of: {', '.join(COMMANDS)}"
         )
     if len(words) > 2:
-        raise ConsoleError(
-            f"too many words in {_show(line)}; expected SYMBOL QTY (e.g. AAPL 100)"
-        )
+        raise ConsoleError(f"too many words in {_show(line)}; expected SYMBOL QTY (e.g. AAPL 100)")
     symbol, text = words
     if not valid_symbol(symbol):
         raise ConsoleError(

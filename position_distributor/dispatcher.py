@@ -53,6 +53,7 @@ class EventDispatcher:
                 handler(*args)
             except Exception:
                 logger.opt(exception=True).error(
-                    "handler {} for event {} failed", getattr(handler, "__qualname__", handler),
+                    "handler {} for event {} failed",
+                    getattr(handler, "__qualname__", handler),
                     event.value,
                 )

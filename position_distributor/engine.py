@@ -366,15 +366,16 @@ class Engine:
         if synced:
             logger.warning(
                 "recovery done: synced with {}; {} own position(s) recovered; applying trades",
-                ", ".join(synced), own,
+                ", ".join(synced),
+                own,
             )
         else:
             logger.warning(
                 "recovery timeout after {:g}s: no peer synced; starting with {} own position(s)",
-                self._recovery_timeout, own,
+                self._recovery_timeout,
+                own,
             )
         with self._publish_lock:
             self._store.mark_recovered()
         self.recovering = False
         return True
-

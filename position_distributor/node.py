@@ -1,4 +1,4 @@
-"""Node: a whole Position Distributor node (store, engine, peer), for the CLI and for Python code."""
+"""Node: one whole Position Distributor node (store, engine, peer), for the CLI and Python code."""
 
 from __future__ import annotations
 
@@ -131,12 +131,21 @@ class Node:
             except Exception as exc:
                 raise NodeError(str(exc)) from exc
             self._peer = Peer(
-                config.name, self._dispatcher, bind=config.bind, port=config.port,
-                peers=config.peers, limits=config.limits,
+                config.name,
+                self._dispatcher,
+                bind=config.bind,
+                port=config.port,
+                peers=config.peers,
+                limits=config.limits,
             )
             self._engine = Engine(
-                config.name, self._dispatcher, self._peer, self._store, out=self.output,
-                recovery_timeout=config.recovery_timeout, expected_peers=len(config.peers),
+                config.name,
+                self._dispatcher,
+                self._peer,
+                self._store,
+                out=self.output,
+                recovery_timeout=config.recovery_timeout,
+                expected_peers=len(config.peers),
             )
             stored = self._engine.positions()
             self.output.write("".join(p.row() + "\n" for p in stored))
@@ -152,7 +161,11 @@ class Node:
             self._state = "running"
         logger.info(
             "{} listening on {}:{}, {} stored position(s), store {}",
-            config.name, config.bind, self._peer.port, len(stored), self._store.path,
+            config.name,
+            config.bind,
+            self._peer.port,
+            len(stored),
+            self._store.path,
         )
         return self
 
@@ -177,7 +190,9 @@ class Node:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.stop()
@@ -190,7 +205,8 @@ class Node:
         """
         if not valid_symbol(symbol):
             raise ValueError(
-                f"invalid symbol {symbol!r}: use 1-{MAX_SYMBOL_LENGTH} of letters, digits, . _ : / -"
+                f"invalid symbol {symbol!r}:"
+                f" use 1-{MAX_SYMBOL_LENGTH} of letters, digits, . _ : / -"
             )
         if not isinstance(quantity, int | float) or not math.isfinite(quantity) or quantity == 0:
             raise ValueError(f"invalid quantity {quantity!r}: expected a finite non-zero number")

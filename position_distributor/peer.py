@@ -337,7 +337,9 @@ class Peer:
         self._accept_thread.start()
         for connector in self._connectors:
             connector.thread = threading.Thread(
-                target=self._redial, args=(connector,), name=f"redial-{connector.label}",
+                target=self._redial,
+                args=(connector,),
+                name=f"redial-{connector.label}",
                 daemon=True,
             )
             connector.thread.start()
@@ -395,16 +397,18 @@ class Peer:
             if conn is not None:
                 how = "dialled" if conn.outbound else "they dialled"
                 rows.append(
-                    PeerStatus(conn.name, connector.label, f"connected ({how})",
-                               now - conn.last_heard)
+                    PeerStatus(
+                        conn.name, connector.label, f"connected ({how})", now - conn.last_heard
+                    )
                 )
             else:
                 rows.append(PeerStatus(connector.strategy, connector.label, connector.state, None))
         for conn in live.values():
             how = "dialled" if conn.outbound else "they dialled"
             rows.append(
-                PeerStatus(conn.name, conn.listen_address, f"connected ({how})",
-                           now - conn.last_heard)
+                PeerStatus(
+                    conn.name, conn.listen_address, f"connected ({how})", now - conn.last_heard
+                )
             )
         return rows
 
@@ -437,7 +441,9 @@ class Peer:
                 keep_outbound = self.name < name
                 if conn.outbound != keep_outbound:
                     dialler = self.name if keep_outbound else name
-                    return f"already connected to {name}; keeping the connection dialled by {dialler}"
+                    return (
+                        f"already connected to {name}; keeping the connection dialled by {dialler}"
+                    )
             if old is not None:
                 replaced = old
             self._live[name] = conn
@@ -479,7 +485,9 @@ class Peer:
                 if full:
                     logger.warning(
                         "refusing connection from {}:{}: {} connections open (the maximum)",
-                        address[0], address[1], self.limits.max_connections,
+                        address[0],
+                        address[1],
+                        self.limits.max_connections,
                     )
                     sock.close()
                     continue
@@ -488,7 +496,9 @@ class Peer:
                     sock.close()
                     return
                 thread = threading.Thread(
-                    target=self._read_accepted, args=(conn,), name=f"recv-{conn.label}",
+                    target=self._read_accepted,
+                    args=(conn,),
+                    name=f"recv-{conn.label}",
                     daemon=True,
                 )
                 conn.reader = thread
@@ -525,7 +535,8 @@ class Peer:
                     connector.state = f"unreachable ({_describe(exc)})"
                     if failures == 1:
                         logger.info(
-                            "cannot reach {}: {}; will keep trying", connector.label,
+                            "cannot reach {}: {}; will keep trying",
+                            connector.label,
                             _describe(exc),
                         )
                 else:

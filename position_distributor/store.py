@@ -56,9 +56,7 @@ class Store:
             raise StoreError(f"cannot create data dir {data_dir}: {exc.strerror or exc}") from exc
         self._lock_file = self._lock(data_dir / f"{name}.lock")
         try:
-            self._db = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False
-            )
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode survives a crash of this process (kill -9); FULL also
             # survives a power cut, at the cost of an fsync per commit.

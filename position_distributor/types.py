@@ -20,9 +20,9 @@ MAX_SYMBOL_LENGTH = 32
 MAX_STRATEGY_LENGTH = 64
 
 # Symbols as exchanges spell them: letters, digits (Tokyo's 7203), and . _ : / -
-_SYMBOL = re.compile(r"[A-Za-z0-9._:/-]{1,%d}" % MAX_SYMBOL_LENGTH)
+_SYMBOL = re.compile(rf"[A-Za-z0-9._:/-]{{1,{MAX_SYMBOL_LENGTH}}}")
 # Strategy names also name the store file, so no path separators.
-_STRATEGY = re.compile(r"[A-Za-z0-9._-]{1,%d}" % MAX_STRATEGY_LENGTH)
+_STRATEGY = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_STRATEGY_LENGTH}}}")
 
 
 class Position(NamedTuple):

@@ -24,8 +24,8 @@ __all__ = [
     "FrameTooLarge",
     "Heartbeat",
     "Hello",
-    "Message",
     "MalformedMessage",
+    "Message",
     "SyncDone",
     "WireError",
     "encode",
@@ -67,7 +67,8 @@ class Auth(NamedTuple):
     proof: bytes
 
 
-class SyncDone(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class SyncDone:
     """Marks the end of the sender's initial sync."""
 
     count: int = 0
