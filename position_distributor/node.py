@@ -148,6 +148,7 @@ class Node:
                 expected_peers=len(config.peers),
             )
             stored = self._engine.positions()
+            logger.info("store {} holds {} position(s)", self._store.path, len(stored))
             self.output.write("".join(p.row() + "\n" for p in stored))
             try:
                 self._peer.start()
@@ -159,14 +160,6 @@ class Node:
                 ) from exc
             self._engine.start()
             self._state = "running"
-        logger.info(
-            "{} listening on {}:{}, {} stored position(s), store {}",
-            config.name,
-            config.bind,
-            self._peer.port,
-            len(stored),
-            self._store.path,
-        )
         return self
 
     def stop(self) -> None:

@@ -85,7 +85,6 @@ class Connection:
         )
         self.ready = False  # handshake complete and registered as the live connection
         self.last_heard = time.monotonic()
-        self.reader: threading.Thread | None = None
         self._peer = peer
         self._sock = sock
         # Mutex protecting _queued and _closed_reason (the send side's state).
@@ -156,7 +155,6 @@ class Connection:
                 return
             self._closed_reason = reason
             self._queue.put(_STOP)
-        self.protocol.fail()
         if not flush:
             self._shutdown()
 
@@ -189,6 +187,8 @@ class Connection:
                 if not data:
                     reason = "connection closed by the peer"
                     break
+                if self._closed_reason is not None:
+                    break  # closed by another thread (replaced, too slow, stopping)
                 self.last_heard = time.monotonic()
                 messages = []
                 for event in receive_data(data):
@@ -333,6 +333,7 @@ class Peer:
         listener = socket.create_server((self.bind, self.port), backlog=128)
         self._listener = listener
         self.port = listener.getsockname()[1]
+        logger.info("{} listening on {}:{}", self.name, self.bind, self.port)
         self._accept_thread = threading.Thread(target=self._accept, name="accept", daemon=True)
         self._accept_thread.start()
         for connector in self._connectors:
@@ -501,7 +502,6 @@ class Peer:
                     name=f"recv-{conn.label}",
                     daemon=True,
                 )
-                conn.reader = thread
                 with self._lock:
                     self._readers.add(thread)
                 thread.start()
