@@ -25,7 +25,7 @@ from .book import Book
 from .clock import Clock
 from .dispatcher import Event, EventDispatcher
 from .peer import Connection, Peer
-from .store import Store
+from .store import JournalEntry, SnapshotInfo, Store
 from .types import Position
 from .wire import SyncDone, encode, encode_position
 
@@ -163,6 +163,19 @@ class Engine:
         with self._book_lock:
             return self._book.exposure()
 
+    def history(self, symbol: str, limit: int = 20) -> list[JournalEntry]:
+        """The last ``limit`` own trades in ``symbol``, oldest first, from the journal."""
+        with self._publish_lock:
+            return self._store.history(symbol, limit)
+
+    def snapshot(self, label: str) -> SnapshotInfo:
+        """Copy the whole view into the store's snapshots, atomically.
+
+        Taken under the publish lock, so it holds exactly the changes published so far.
+        """
+        with self._publish_lock:
+            return self._store.snapshot(label, time.time_ns())
+
     def add_subscriber(self, subscriber: Subscriber) -> None:
         with self._publish_lock:
             self._subscribers = (*self._subscribers, subscriber)
@@ -234,7 +247,9 @@ class Engine:
         name = self.name
         book = self._book
         changes: list[Position] = []
+        journal: list[JournalEntry] = []
         futures: list[tuple[Future[Position], Position | TradeError]] = []
+        now_ns = time.time_ns()
         self._book_lock.acquire()
         try:
             next_ts = self._clock.next
@@ -250,6 +265,7 @@ class Engine:
                 position = Position(name, symbol, net + 0.0, next_ts())
                 book.apply(position)
                 changes.append(position)
+                journal.append(JournalEntry(now_ns, symbol, quantity, position[2], position[3]))
                 if future is not None:
                     futures.append((future, position))
             clock = self._clock.last
@@ -257,7 +273,7 @@ class Engine:
         finally:
             self._book_lock.release()
         try:
-            self._publish(changes, clock, broadcast=changes)
+            self._publish(changes, clock, broadcast=changes, journal=journal)
         finally:
             self._publish_lock.release()
         for future, result in futures:
@@ -301,12 +317,19 @@ class Engine:
         if synced:
             self._note_synced(synced)
 
-    def _publish(self, changes: list[Position], clock: int, *, broadcast: list[Position]) -> None:
+    def _publish(
+        self,
+        changes: list[Position],
+        clock: int,
+        *,
+        broadcast: list[Position],
+        journal: list[JournalEntry] | None = None,
+    ) -> None:
         """Commit, broadcast, print and notify. Caller holds the publish lock."""
         assert self._publish_lock.locked()
         if not changes:
             return
-        self._store.commit(changes, clock)
+        self._store.commit(changes, clock, journal or ())
         if broadcast:
             self._peer.broadcast(b"".join(map(encode_position, broadcast)))
         self._out.write("".join([p.row() + "\n" for p in changes]))

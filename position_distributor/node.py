@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import threading
 from collections.abc import AsyncIterator
@@ -17,7 +18,7 @@ from loguru import logger
 from .dispatcher import EventDispatcher
 from .engine import Engine, Output, Subscriber
 from .peer import Limits, Peer, PeerStatus
-from .store import Store
+from .store import JournalEntry, SnapshotInfo, Store
 from .types import MAX_SYMBOL_LENGTH, Position, valid_strategy, valid_symbol
 
 __all__ = ["Config", "Node", "NodeError", "UpdatesOverflow"]
@@ -47,6 +48,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     recovery_timeout: float = 5.0
     fsync: bool = False
+    snapshot_at: dt.time | None = None  # local time of the daily end-of-day snapshot
 
     def __post_init__(self) -> None:
         if not valid_strategy(self.name):
@@ -101,6 +103,8 @@ class Node:
         self._peer: Peer | None = None
         self._engine: Engine | None = None
         self._state = "new"
+        self._stop_timer = threading.Event()
+        self._timer: threading.Thread | None = None
         # Mutex serializing start() and stop().
         self._lock = threading.Lock()
 
@@ -159,6 +163,14 @@ class Node:
                     f"cannot listen on {config.bind}:{config.port}: {exc.strerror or exc}"
                 ) from exc
             self._engine.start()
+            if config.snapshot_at is not None:
+                self._timer = threading.Thread(
+                    target=self._take_daily_snapshots,
+                    args=(config.snapshot_at,),
+                    name="snapshot-timer",
+                    daemon=True,
+                )
+                self._timer.start()
             self._state = "running"
         return self
 
@@ -170,6 +182,9 @@ class Node:
                 return
             self._state = "stopping"
             assert self._engine and self._peer and self._store
+            self._stop_timer.set()
+            if self._timer is not None:
+                self._timer.join()
             self._engine.stop_trades()
             self._peer.stop()
             self._engine.stop()
@@ -224,6 +239,31 @@ class Node:
         self._started()
         assert self._peer is not None
         return self._peer.status()
+
+    def history(self, symbol: str, limit: int = 20) -> list[JournalEntry]:
+        """The last ``limit`` own trades in ``symbol`` from the journal, oldest first."""
+        return self._started().history(symbol, limit)
+
+    def snapshot(self, label: str = "manual") -> SnapshotInfo:
+        """Copy the whole view (every strategy) into the store's snapshots, atomically."""
+        info = self._started().snapshot(label)
+        logger.info("snapshot {} {!r} taken: {} position(s)", info.id, info.label, info.size)
+        return info
+
+    def _take_daily_snapshots(self, at: dt.time) -> None:
+        """Timer thread: a snapshot labelled ``eod YYYY-MM-DD`` every day at ``at``, local time."""
+        try:
+            while True:
+                now = dt.datetime.now()
+                target = dt.datetime.combine(now.date(), at)
+                if target <= now:
+                    target += dt.timedelta(days=1)
+                if self._stop_timer.wait((target - now).total_seconds()):
+                    return
+                if dt.datetime.now() >= target:  # not woken early by a clock change
+                    self.snapshot(f"eod {target.date().isoformat()}")
+        except Exception:  # a safety net: this branch should never run
+            logger.opt(exception=True).error("daily snapshot timer failed")
 
     async def updates(self, maxsize: int = 10_000) -> AsyncIterator[Position]:
         """Yield every change applied from now on (own trades and peers' updates), in order.

@@ -7,11 +7,11 @@ import os
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 from .types import Position
 
-__all__ = ["SCHEMA_VERSION", "Store", "StoreError"]
+__all__ = ["SCHEMA_VERSION", "JournalEntry", "SnapshotInfo", "Store", "StoreError"]
 
 SCHEMA_VERSION = 1
 
@@ -27,6 +27,31 @@ CREATE TABLE IF NOT EXISTS positions (
     timestamp INTEGER NOT NULL,
     PRIMARY KEY (strategy, symbol)
 ) WITHOUT ROWID;
+-- Every own trade, in the transaction that stores its resulting position.
+CREATE TABLE IF NOT EXISTS journal (
+    id INTEGER PRIMARY KEY,
+    time_ns INTEGER NOT NULL,          -- wall clock when the trade was applied
+    symbol TEXT NOT NULL,
+    quantity REAL NOT NULL,
+    net_position REAL NOT NULL,        -- the position the trade resulted in
+    timestamp INTEGER NOT NULL         -- that position's timestamp (the node's clock)
+);
+CREATE INDEX IF NOT EXISTS journal_by_symbol ON journal (symbol, id);
+-- Copies of the whole view (every strategy), taken atomically.
+CREATE TABLE IF NOT EXISTS snapshots (
+    id INTEGER PRIMARY KEY,
+    taken_at_ns INTEGER NOT NULL,
+    label TEXT NOT NULL,
+    size INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshot_positions (
+    snapshot_id INTEGER NOT NULL REFERENCES snapshots (id),
+    strategy TEXT NOT NULL,
+    symbol TEXT NOT NULL,
+    net_position REAL NOT NULL,
+    timestamp INTEGER NOT NULL,
+    PRIMARY KEY (snapshot_id, strategy, symbol)
+) WITHOUT ROWID;
 """
 
 _UPSERT = (
@@ -34,6 +59,31 @@ _UPSERT = (
     " ON CONFLICT (strategy, symbol) DO UPDATE"
     " SET net_position = excluded.net_position, timestamp = excluded.timestamp"
 )
+
+
+_JOURNAL = (
+    "INSERT INTO journal (time_ns, symbol, quantity, net_position, timestamp)"
+    " VALUES (?, ?, ?, ?, ?)"
+)
+
+
+class JournalEntry(NamedTuple):
+    """One own trade as the journal keeps it."""
+
+    time_ns: int
+    symbol: str
+    quantity: float
+    net_position: float
+    timestamp: int
+
+
+class SnapshotInfo(NamedTuple):
+    """A snapshot's summary: its id, when it was taken (ns since the epoch), label, size."""
+
+    id: int
+    taken_at_ns: int
+    label: str
+    size: int
 
 
 class StoreError(Exception):
@@ -133,17 +183,54 @@ class Store:
         (clock,) = self._db.execute("SELECT value FROM meta WHERE key = 'clock'").fetchone()
         return positions, int(clock)
 
-    def commit(self, positions: Iterable[Position], clock: int) -> None:
-        """Store ``positions`` (replacing older entries) and the clock in one transaction."""
+    def commit(
+        self, positions: Iterable[Position], clock: int, journal: Iterable[JournalEntry] = ()
+    ) -> None:
+        """Store positions (replacing older entries), the clock and journal entries at once."""
         db = self._db
         db.execute("BEGIN")
         try:
             db.executemany(_UPSERT, positions)
+            db.executemany(_JOURNAL, journal)
             db.execute("UPDATE meta SET value = ? WHERE key = 'clock'", (clock,))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def history(self, symbol: str, limit: int) -> list[JournalEntry]:
+        """The last ``limit`` own trades in ``symbol``, oldest first."""
+        rows = self._db.execute(
+            "SELECT time_ns, symbol, quantity, net_position, timestamp FROM journal"
+            " WHERE symbol = ? ORDER BY id DESC LIMIT ?",
+            (symbol, limit),
+        ).fetchall()
+        return [JournalEntry(*row) for row in reversed(rows)]
+
+    def snapshot(self, label: str, taken_at_ns: int) -> SnapshotInfo:
+        """Copy every stored position into a new snapshot, atomically; return its summary."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            cursor = db.execute(
+                "INSERT INTO snapshots (taken_at_ns, label, size)"
+                " VALUES (?, ?, (SELECT count(*) FROM positions))",
+                (taken_at_ns, label),
+            )
+            snapshot_id = cursor.lastrowid
+            db.execute(
+                "INSERT INTO snapshot_positions"
+                " SELECT ?, strategy, symbol, net_position, timestamp FROM positions",
+                (snapshot_id,),
+            )
+            row = db.execute(
+                "SELECT id, taken_at_ns, label, size FROM snapshots WHERE id = ?", (snapshot_id,)
+            ).fetchone()
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return SnapshotInfo(*row)
 
     def close(self) -> None:
         """Close the database and release the lock; idempotent."""
