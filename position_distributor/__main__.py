@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import signal
 import sys
 import threading
@@ -85,6 +86,15 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _time_of_day(text: str) -> dt.time:
+    try:
+        return dt.datetime.strptime(text, "%H:%M").time()
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid time {text!r}: expected HH:MM (24-hour, local time), e.g. 17:30"
+        ) from None
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(
         prog=PROG,
@@ -151,6 +161,14 @@ def _build_parser() -> argparse.ArgumentParser:
         help=f"largest frame accepted from a peer (default: {DEFAULT_MAX_FRAME_SIZE})",
     )
     parser.add_argument(
+        "--snapshot-at",
+        metavar="HH:MM",
+        type=_time_of_day,
+        default=None,
+        help="take a snapshot of the whole view every day at HH:MM local time, labelled"
+        " 'eod YYYY-MM-DD' (read it with python -m position_distributor.snapshots)",
+    )
+    parser.add_argument(
         "--fsync",
         action="store_true",
         help="fsync every commit, so acknowledged trades also survive a power cut"
@@ -182,6 +200,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
             limits=limits,
             recovery_timeout=args.recovery_timeout,
             fsync=args.fsync,
+            snapshot_at=args.snapshot_at,
         )
     except NodeError as exc:
         parser.error(str(exc))
