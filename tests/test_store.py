@@ -1,0 +1,277 @@
+"""Store: the book and clock in a real SQLite file, one transaction per commit, one owner."""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from position_distributor.store import SCHEMA_VERSION, Store, StoreError
+from position_distributor.types import Position
+
+AAPL = Position("alpha", "AAPL", 100.0, 1_742_308_549_773_254_000)
+MSFT = Position("alpha", "MSFT", -5.5, 1_742_308_549_773_254_001)
+THEIRS = Position("beta", "7203", 42.0, 1_742_308_549_000_000_000)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    store = Store(tmp_path, "alpha")
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def read_rows(path: Path) -> dict[tuple[str, str], tuple[float, int]]:
+    """What another process reading the file would see."""
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT strategy, symbol, net_position, timestamp FROM positions")
+        return {(s, sym): (net, ts) for s, sym, net, ts in rows}
+
+
+def read_meta(path: Path) -> dict[str, object]:
+    with sqlite3.connect(path) as db:
+        return dict(db.execute("SELECT key, value FROM meta").fetchall())
+
+
+def test_store_file_is_named_after_the_strategy_and_in_wal_mode(
+    tmp_path: Path, store: Store
+) -> None:
+    """The store lives at ``<data_dir>/<name>.sqlite3`` and uses SQLite's WAL journal."""
+    assert store.path == tmp_path / "alpha.sqlite3"
+    assert store.path.is_file()
+    with sqlite3.connect(store.path) as db:
+        (mode,) = db.execute("PRAGMA journal_mode").fetchone()
+    assert mode == "wal"
+
+
+def test_a_new_store_is_empty_with_a_zero_clock(store: Store) -> None:
+    """A freshly created store holds no position and a clock of 0."""
+    assert store.load() == ([], 0)
+    meta = read_meta(store.path)
+    assert meta["strategy"] == "alpha"
+    assert meta["schema_version"] == SCHEMA_VERSION
+
+
+def test_committed_positions_and_clock_load_back_after_reopening(tmp_path: Path) -> None:
+    """What is committed, own and other strategies' positions and the clock, survives a reopen."""
+    store = Store(tmp_path, "alpha")
+    store.commit([AAPL, THEIRS], clock=AAPL.timestamp)
+    store.commit([MSFT], clock=MSFT.timestamp)
+    store.close()
+
+    reopened = Store(tmp_path, "alpha")
+    try:
+        positions, clock = reopened.load()
+    finally:
+        reopened.close()
+    assert sorted(positions) == sorted([AAPL, MSFT, THEIRS])
+    assert clock == MSFT.timestamp
+
+
+def test_commit_replaces_the_older_entry_of_a_position(store: Store) -> None:
+    """Committing a position again replaces its net and timestamp, keeping one row per key."""
+    store.commit([AAPL], clock=AAPL.timestamp)
+    newer = AAPL._replace(net_position=150.0, timestamp=AAPL.timestamp + 10)
+    store.commit([newer], clock=newer.timestamp)
+
+    assert store.load() == ([newer], newer.timestamp)
+    assert read_rows(store.path) == {("alpha", "AAPL"): (150.0, newer.timestamp)}
+
+
+def test_a_commit_is_visible_to_another_reader_as_soon_as_it_returns(store: Store) -> None:
+    """Once commit returns, a separate connection to the file (another process) sees the rows."""
+    store.commit([AAPL, THEIRS], clock=AAPL.timestamp)
+    assert read_rows(store.path) == {
+        ("alpha", "AAPL"): (100.0, AAPL.timestamp),
+        ("beta", "7203"): (42.0, THEIRS.timestamp),
+    }
+    assert read_meta(store.path)["clock"] == AAPL.timestamp
+
+
+def test_a_clock_of_nanoseconds_is_stored_exactly(store: Store) -> None:
+    """A 19-digit nanosecond clock is stored and loaded without loss of precision."""
+    clock = 9_223_372_036_854_775_807  # the largest SQLite integer
+    store.commit([], clock=clock)
+    assert store.load()[1] == clock
+
+
+def test_a_failure_inside_a_commit_rolls_the_whole_transaction_back(store: Store) -> None:
+    """If one row of a batch fails, no row of that batch and not its clock is stored."""
+    store.commit([AAPL], clock=AAPL.timestamp)
+    bad = Position("alpha", None, 1.0, 5)  # type: ignore[arg-type]  # NOT NULL symbol
+
+    changed = AAPL._replace(net_position=999.0, timestamp=AAPL.timestamp + 1)
+    with pytest.raises(sqlite3.IntegrityError):
+        store.commit([changed, THEIRS, bad], clock=AAPL.timestamp + 1)
+
+    assert store.load() == ([AAPL], AAPL.timestamp)
+    assert read_rows(store.path) == {("alpha", "AAPL"): (100.0, AAPL.timestamp)}
+
+
+def test_an_exception_from_the_positions_iterable_rolls_back(store: Store) -> None:
+    """A batch whose producer raises half-way leaves the store as it was before the commit."""
+
+    def positions() -> Iterator[Position]:
+        yield MSFT
+        raise KeyError("producer failed")
+
+    with pytest.raises(KeyError):
+        store.commit(positions(), clock=MSFT.timestamp)
+
+    assert store.load() == ([], 0)
+
+
+def test_the_store_stays_usable_after_a_failed_commit(store: Store) -> None:
+    """A rolled-back commit leaves no transaction open: the next commit succeeds."""
+    bad = Position("alpha", None, 1.0, 5)  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.IntegrityError):
+        store.commit([bad], clock=5)
+
+    store.commit([AAPL], clock=AAPL.timestamp)
+    assert read_rows(store.path) == {("alpha", "AAPL"): (100.0, AAPL.timestamp)}
+
+
+def test_a_new_store_needs_recovery_until_marked_recovered(tmp_path: Path) -> None:
+    """A new store needs recovery; mark_recovered clears that, and it persists across reopen."""
+    store = Store(tmp_path, "alpha")
+    assert store.needs_recovery
+    store.commit([AAPL], clock=AAPL.timestamp)
+    assert store.needs_recovery  # positions alone do not end the recovery
+    store.mark_recovered()
+    assert not store.needs_recovery
+    store.close()
+
+    reopened = Store(tmp_path, "alpha")
+    try:
+        assert not reopened.needs_recovery
+    finally:
+        reopened.close()
+
+
+def test_a_deleted_store_needs_recovery_again(tmp_path: Path) -> None:
+    """Deleting the store file and reopening gives an empty store that needs recovery."""
+    store = Store(tmp_path, "alpha")
+    store.commit([AAPL], clock=AAPL.timestamp)
+    store.mark_recovered()
+    store.close()
+    for path in tmp_path.glob("alpha.sqlite3*"):
+        path.unlink()
+
+    reopened = Store(tmp_path, "alpha")
+    try:
+        assert reopened.needs_recovery
+        assert reopened.load() == ([], 0)
+    finally:
+        reopened.close()
+
+
+def test_a_second_store_on_the_same_data_dir_and_name_is_refused(
+    tmp_path: Path, store: Store
+) -> None:
+    """While a store is open, opening the same name in the same dir raises a clear StoreError."""
+    with pytest.raises(StoreError, match=r"another node named 'alpha' is already running"):
+        Store(tmp_path, "alpha")
+
+
+def test_the_lock_is_released_by_close(tmp_path: Path) -> None:
+    """After close, the same store can be opened again and holds what was committed."""
+    first = Store(tmp_path, "alpha")
+    first.commit([AAPL], clock=AAPL.timestamp)
+    first.close()
+    first.close()  # idempotent
+
+    second = Store(tmp_path, "alpha")
+    try:
+        assert second.load() == ([AAPL], AAPL.timestamp)
+    finally:
+        second.close()
+
+
+def test_stores_of_two_strategies_share_a_data_dir(tmp_path: Path, store: Store) -> None:
+    """Another strategy's store in the same data dir opens beside ours, with its own file."""
+    other = Store(tmp_path, "beta")
+    try:
+        other.commit([THEIRS], clock=0)
+        store.commit([AAPL], clock=AAPL.timestamp)
+        assert other.path != store.path
+        assert other.load()[0] == [THEIRS]
+        assert store.load()[0] == [AAPL]
+    finally:
+        other.close()
+
+
+def test_a_store_of_another_strategy_is_refused(tmp_path: Path) -> None:
+    """A store file created by strategy alpha, renamed for beta, is refused and left unchanged."""
+    alpha = Store(tmp_path / "a", "alpha")
+    alpha.commit([AAPL], clock=AAPL.timestamp)
+    alpha.close()
+    (tmp_path / "b").mkdir()
+    os.rename(tmp_path / "a" / "alpha.sqlite3", tmp_path / "b" / "beta.sqlite3")
+
+    with pytest.raises(StoreError, match=r"belongs to strategy 'alpha', not 'beta'"):
+        Store(tmp_path / "b", "beta")
+
+    assert read_meta(tmp_path / "b" / "beta.sqlite3")["strategy"] == "alpha"
+    # The refused open released its lock: the right name can still be used there.
+    Store(tmp_path / "b", "gamma").close()
+
+
+def test_a_store_of_another_schema_version_is_refused(tmp_path: Path) -> None:
+    """A store written by a program with another schema version is refused with both versions."""
+    Store(tmp_path, "alpha").close()
+    with sqlite3.connect(tmp_path / "alpha.sqlite3") as db:
+        db.execute("UPDATE meta SET value = 99 WHERE key = 'schema_version'")
+
+    with pytest.raises(StoreError, match=rf"schema version 99.*version {SCHEMA_VERSION}"):
+        Store(tmp_path, "alpha")
+
+
+def test_a_file_that_is_not_a_database_gives_a_store_error(tmp_path: Path) -> None:
+    """A store file holding garbage raises StoreError naming the file, not a raw sqlite3 error."""
+    (tmp_path / "alpha.sqlite3").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match=r"cannot use store .*alpha\.sqlite3"):
+        Store(tmp_path, "alpha")
+    Store(tmp_path, "beta").close()  # the failed open left nothing locked or broken
+
+
+def test_a_data_dir_that_cannot_be_created_gives_a_clear_store_error(tmp_path: Path) -> None:
+    """A data dir below a regular file raises StoreError naming the dir and the reason."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    data_dir = blocker / "data"
+    with pytest.raises(
+        StoreError, match=rf"(?i)cannot create data dir {re.escape(str(data_dir))}: not a directory"
+    ):
+        Store(data_dir, "alpha")
+
+
+def test_a_data_dir_where_the_lock_cannot_be_written_gives_a_store_error(tmp_path: Path) -> None:
+    """A data dir where the lock file cannot be created raises StoreError naming the dir."""
+    (tmp_path / "alpha.lock").mkdir()
+    with pytest.raises(
+        StoreError,
+        match=rf"(?i)cannot write to data dir {re.escape(str(tmp_path))}: is a directory",
+    ):
+        Store(tmp_path, "alpha")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through file permissions")
+def test_a_read_only_data_dir_gives_a_clear_store_error(tmp_path: Path) -> None:
+    """A data dir without write permission raises StoreError saying permission is denied."""
+    data_dir = tmp_path / "ro"
+    data_dir.mkdir()
+    data_dir.chmod(0o555)
+    try:
+        with pytest.raises(
+            StoreError,
+            match=rf"(?i)cannot write to data dir {re.escape(str(data_dir))}: permission",
+        ):
+            Store(data_dir, "alpha")
+    finally:
+        data_dir.chmod(0o755)
