@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 
 from .types import Position
@@ -13,6 +14,13 @@ def _key(position: Position) -> tuple[int, float]:
     return (position.timestamp, position.net_position)
 
 
+def _one_zero(position: Position) -> Position:
+    """``position`` with -0.0 spelt 0.0: they compare equal but print differently."""
+    if position.net_position == 0.0:
+        return position._replace(net_position=0.0)
+    return position
+
+
 def merge(a: Position | None, b: Position) -> Position:
     """Return the greater of two entries for one ``(strategy, symbol)`` by ``(timestamp, net)``.
 
@@ -20,8 +28,8 @@ def merge(a: Position | None, b: Position) -> Position:
     gives the same result.
     """
     if a is None or _key(b) > _key(a):
-        return b
-    return a
+        return _one_zero(b)
+    return _one_zero(a)
 
 
 class Book:
@@ -46,9 +54,7 @@ class Book:
 
     def apply(self, position: Position) -> bool:
         """Merge ``position`` into the book; return whether it changed anything."""
-        if position.net_position == 0.0:
-            # -0.0 and 0.0 compare equal but print differently: keep one spelling.
-            position = position._replace(net_position=0.0)
+        position = _one_zero(position)
         symbols = self._by_strategy.get(position.strategy)
         if symbols is None:
             symbols = self._by_strategy[position.strategy] = {}
@@ -87,8 +93,20 @@ class Book:
         return sorted(self, key=lambda p: (p.strategy, p.symbol))
 
     def exposure(self) -> dict[str, float]:
-        """Net position per symbol summed over every strategy, sorted by symbol."""
-        totals: dict[str, float] = {}
+        """Net position per symbol summed over every strategy, sorted by symbol.
+
+        Each sum is exactly rounded (``math.fsum``), so it does not depend on the order in
+        which strategies entered the book: every node with the same book prints the same.
+        """
+        terms: dict[str, list[float]] = {}
         for position in self:
-            totals[position.symbol] = totals.get(position.symbol, 0.0) + position.net_position
-        return dict(sorted(totals.items()))
+            terms.setdefault(position.symbol, []).append(position.net_position)
+        return {symbol: _total(terms[symbol]) for symbol in sorted(terms)}
+
+
+def _total(values: list[float]) -> float:
+    """The exactly rounded sum of ``values``, whatever their order, never -0.0."""
+    try:
+        return math.fsum(values) + 0.0
+    except OverflowError:  # a partial sum is out of range: add scaled down, then scale up
+        return math.fsum(math.ldexp(v, -64) for v in values) * 2.0**64 + 0.0

@@ -1,0 +1,233 @@
+"""Tests of the book: last-writer-wins merge as a semilattice, and the views the console prints."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from position_distributor.book import Book, merge
+from position_distributor.types import Position
+
+
+def printed(book: Book) -> list[str]:
+    """The book as the ``positions`` command prints it (row text shows -0.0 and 0.0 apart)."""
+    return [p.row() for p in book.positions()]
+
+
+def printed_exposure(book: Book) -> list[str]:
+    """The book's exposure as the ``exposure`` command prints it."""
+    return [f"{symbol} | {net:.6f}" for symbol, net in book.exposure().items()]
+
+
+def spelled(position: Position | None) -> str:
+    """A position's exact spelling, which tells -0.0 from 0.0."""
+    return repr(position)
+
+
+# Golden examples.
+
+
+def test_newer_timestamp_wins() -> None:
+    """An update with a greater timestamp replaces the entry; an older one is ignored."""
+    book = Book()
+    assert book.apply(Position("s1", "AAPL", 100.0, 10))
+    assert book.apply(Position("s1", "AAPL", 150.0, 20))
+    assert not book.apply(Position("s1", "AAPL", 999.0, 15))
+    assert book.get("s1", "AAPL") == Position("s1", "AAPL", 150.0, 20)
+
+
+def test_equal_timestamps_keep_the_greater_net() -> None:
+    """On equal timestamps the greater net position wins, so the tie never depends on order."""
+    book = Book()
+    assert book.apply(Position("s1", "AAPL", 5.0, 10))
+    assert book.apply(Position("s1", "AAPL", 7.0, 10))
+    assert not book.apply(Position("s1", "AAPL", 6.0, 10))
+    assert book.get("s1", "AAPL") == Position("s1", "AAPL", 7.0, 10)
+
+
+def test_replaying_the_same_update_changes_nothing() -> None:
+    """Applying the entry already held returns False: nothing to store, send or print."""
+    book = Book()
+    position = Position("s1", "AAPL", 100.0, 10)
+    assert book.apply(position)
+    assert not book.apply(position)
+    assert len(book) == 1
+
+
+def test_merge_examples() -> None:
+    """``merge`` keeps the greater (timestamp, net) and takes the update when there is none."""
+    old, new = Position("s", "A", 9.0, 1), Position("s", "A", 1.0, 2)
+    assert merge(None, old) == old
+    assert merge(old, new) == new
+    assert merge(new, old) == new
+
+
+def test_negative_zero_is_stored_as_zero() -> None:
+    """An update of -0.0 is held and printed as 0.0, whichever zero arrives first."""
+    for first, second in [(-0.0, 0.0), (0.0, -0.0)]:
+        book = Book()
+        assert book.apply(Position("s", "A", first, 5))
+        assert not book.apply(Position("s", "A", second, 5))
+        assert printed(book) == ["s | A | 0.000000 | 5"]
+
+
+def test_merge_of_zeros_is_order_independent_in_print() -> None:
+    """``merge`` of -0.0 and 0.0 at one timestamp prints 0.000000 in either order."""
+    neg, pos = Position("s", "A", -0.0, 5), Position("s", "A", 0.0, 5)
+    assert merge(neg, pos).row() == merge(pos, neg).row() == "s | A | 0.000000 | 5"
+    assert merge(None, neg).row() == "s | A | 0.000000 | 5"
+
+
+def test_views() -> None:
+    """len, iteration, get, of_strategy, not_of, count and positions see the same entries."""
+    entries = [
+        Position("s2", "MSFT", 1.0, 3),
+        Position("s1", "MSFT", 2.0, 2),
+        Position("s1", "AAPL", 3.0, 1),
+        Position("s3", "AAPL", 4.0, 4),
+    ]
+    book = Book(entries)
+    assert len(book) == 4
+    assert sorted(book) == sorted(entries)
+    assert book.get("s1", "AAPL") == entries[2]
+    assert book.get("s1", "GOOG") is None
+    assert book.get("nobody", "AAPL") is None
+    assert sorted(book.of_strategy("s1")) == sorted(entries[1:3])
+    assert book.of_strategy("nobody") == []
+    assert sorted(book.not_of("s1", "s3")) == [entries[0]]
+    assert (book.count("s1"), book.count("s2"), book.count("nobody")) == (2, 1, 0)
+    assert [(p.strategy, p.symbol) for p in book.positions()] == [
+        ("s1", "AAPL"),
+        ("s1", "MSFT"),
+        ("s2", "MSFT"),
+        ("s3", "AAPL"),
+    ]
+
+
+def test_exposure_sums_each_symbol_over_strategies() -> None:
+    """Exposure is the net position per symbol over every strategy, sorted by symbol."""
+    book = Book(
+        [
+            Position("s1", "MSFT", -5.0, 1),
+            Position("s1", "AAPL", 100.0, 1),
+            Position("s2", "AAPL", 50.0, 1),
+        ]
+    )
+    assert book.exposure() == {"AAPL": 150.0, "MSFT": -5.0}
+    assert list(book.exposure()) == ["AAPL", "MSFT"]
+    assert Book().exposure() == {}
+
+
+def test_exposure_prints_alike_whatever_order_strategies_arrived() -> None:
+    """0.1 + 0.3 - 0.4 over three strategies prints one way, whichever strategy came first."""
+    nets = {"s1": 0.1, "s2": 0.3, "s3": -0.4}
+    shown = set()
+    for order in itertools.permutations(nets):
+        book = Book(Position(s, "AAPL", nets[s], 1) for s in order)
+        shown.add(tuple(printed_exposure(book)))
+    assert len(shown) == 1
+
+
+def test_exposure_of_huge_positions_does_not_raise() -> None:
+    """Exposure of finite positions whose sum overflows is infinite, not an exception."""
+    book = Book([Position(f"s{i}", "X", 1e308, 1) for i in range(3)])
+    assert book.exposure() == {"X": math.inf}
+    book.apply(Position("s3", "X", -1e308, 1))
+    book.apply(Position("s4", "X", -1e308, 1))
+    assert book.exposure() == {"X": 1e308}
+
+
+# Properties.
+
+# Few timestamps and values, so that ties and zeros of both signs are common.
+nets = st.one_of(
+    st.sampled_from([0.0, -0.0, 1.0]),
+    st.sampled_from([0.1, 0.3, -0.4, -1.0]),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
+stamps = st.integers(min_value=1, max_value=3)
+same_key = st.builds(Position, st.just("s"), st.just("A"), nets, stamps)
+updates = st.builds(
+    Position, st.sampled_from(["s1", "s2", "s3"]), st.sampled_from(["A", "B"]), nets, stamps
+)
+
+
+@given(same_key, same_key)
+def test_merge_is_commutative(a: Position, b: Position) -> None:
+    """merge(a, b) and merge(b, a) are the same entry, spelled the same."""
+    assert spelled(merge(a, b)) == spelled(merge(b, a))
+
+
+@given(same_key, same_key, same_key)
+def test_merge_is_associative(a: Position, b: Position, c: Position) -> None:
+    """merge(merge(a, b), c) and merge(a, merge(b, c)) are the same entry, spelled the same."""
+    assert spelled(merge(merge(a, b), c)) == spelled(merge(a, merge(b, c)))
+
+
+@given(same_key)
+def test_merge_is_idempotent(a: Position) -> None:
+    """Merging an entry with itself gives it back (with -0.0 spelled 0.0)."""
+    assert merge(a, a) == a
+    assert spelled(merge(a, a)) == spelled(merge(None, a))
+
+
+@given(same_key, same_key)
+def test_merge_is_an_upper_bound(a: Position, b: Position) -> None:
+    """The merge is one of its inputs and is at least as great as both by (timestamp, net)."""
+    m = merge(a, b)
+    assert m in (a, b)
+    for x in (a, b):
+        assert (m.timestamp, m.net_position) >= (x.timestamp, x.net_position)
+
+
+@given(st.lists(updates, max_size=20), st.data())
+def test_any_order_and_duplication_gives_the_same_book(
+    batch: list[Position], data: st.DataObject
+) -> None:
+    """Shuffling, duplicating and replaying a list of updates yields the same printed book."""
+    reference = Book(batch)
+    replay = data.draw(st.lists(st.sampled_from(batch), max_size=20)) if batch else []
+    mixed = data.draw(st.permutations(batch + replay))
+    other = Book(mixed)
+    assert printed(other) == printed(reference)
+    assert printed_exposure(other) == printed_exposure(reference)
+    assert other.exposure() == reference.exposure()
+
+
+@given(st.lists(updates, max_size=20), st.data())
+def test_book_is_the_merge_of_its_updates(batch: list[Position], data: st.DataObject) -> None:
+    """Each entry of the book is the fold of ``merge`` over that key's updates, in any order."""
+    book = Book(data.draw(st.permutations(batch)))
+    expected: dict[tuple[str, str], Position] = {}
+    for p in batch:
+        key = (p.strategy, p.symbol)
+        expected[key] = merge(expected.get(key), p)
+    assert sorted(map(spelled, book)) == sorted(map(spelled, expected.values()))
+    assert len(book) == len(expected)
+
+
+@given(st.lists(updates, max_size=20))
+def test_apply_says_exactly_when_the_entry_changed(batch: list[Position]) -> None:
+    """``apply`` returns True exactly when the held entry's spelling changed."""
+    book = Book()
+    for p in batch:
+        before = spelled(book.get(p.strategy, p.symbol))
+        changed = book.apply(p)
+        after = spelled(book.get(p.strategy, p.symbol))
+        assert changed is (before != after)
+
+
+@given(st.lists(updates, max_size=20), st.data())
+def test_exposure_does_not_depend_on_arrival_order(
+    batch: list[Position], data: st.DataObject
+) -> None:
+    """Two books holding the same entries have bit-identical exposure, never -0.0 against 0.0."""
+    a, b = Book(batch), Book(data.draw(st.permutations(batch)))
+    assert repr(a.exposure()) == repr(b.exposure())
+    for symbol, total in a.exposure().items():
+        parts = [p.net_position for p in a if p.symbol == symbol]
+        assert total == pytest.approx(sum(parts), rel=1e-9, abs=1e-9 * max(map(abs, parts)))
