@@ -25,7 +25,8 @@ Rows: strategy | symbol | net position | timestamp (ns)
 
 # A plain decimal number, optionally with an exponent: no nan, inf, hex or underscores.
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# C0 and C1 control characters but tab and newline (C1 NEL \x85 would otherwise split words).
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 class ConsoleError(ValueError):
@@ -74,9 +75,13 @@ def parse_line(line: str) -> TradeCommand | Command | None:
         )
     quantity = float(text)
     if not math.isfinite(quantity):
-        raise ConsoleError(f"quantity {_show(text)} is out of range")
+        raise ConsoleError(
+            f"quantity {_show(text)} is out of range: expected a finite number (e.g. 100, -2.5)"
+        )
     if quantity == 0:
-        raise ConsoleError(f"quantity {_show(text)} is zero; a trade changes the position")
+        raise ConsoleError(
+            f"quantity {_show(text)} is zero: expected a non-zero change (e.g. 100, -2.5)"
+        )
     return TradeCommand(symbol, quantity)
 
 

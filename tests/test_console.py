@@ -1,0 +1,153 @@
+"""Tests of console parsing: trades, commands, blank lines, and errors saying what was expected."""
+
+from __future__ import annotations
+
+import math
+import string
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from position_distributor.console import (
+    COMMANDS,
+    HELP,
+    Command,
+    ConsoleError,
+    TradeCommand,
+    parse_line,
+)
+from position_distributor.types import valid_symbol
+
+# Golden examples.
+
+
+@pytest.mark.parametrize(
+    ("line", "trade"),
+    [
+        ("AAPL 100", TradeCommand("AAPL", 100.0)),
+        ("AAPL 100\n", TradeCommand("AAPL", 100.0)),
+        ("AAPL 100\r\n", TradeCommand("AAPL", 100.0)),
+        ("7203 100", TradeCommand("7203", 100.0)),
+        ("MSFT -25.5", TradeCommand("MSFT", -25.5)),
+        ("BRK.B +1e3", TradeCommand("BRK.B", 1000.0)),
+        ("EUR/USD .5", TradeCommand("EUR/USD", 0.5)),
+        ("ES:CME 5.", TradeCommand("ES:CME", 5.0)),
+        ("  AAPL\t\t-2E-1  ", TradeCommand("AAPL", -0.2)),
+        ("aapl 1", TradeCommand("aapl", 1.0)),
+        ("A" * 32 + " 1", TradeCommand("A" * 32, 1.0)),
+    ],
+)
+def test_trades(line: str, trade: TradeCommand) -> None:
+    """``SYMBOL QTY`` with a signed decimal quantity is a trade, surrounding blanks ignored."""
+    assert parse_line(line) == trade
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_commands(name: str) -> None:
+    """Each command word is a command, in any letter case and with a line ending."""
+    assert parse_line(name) == Command(name)
+    assert parse_line(f"  {name.upper()}\n") == Command(name)
+
+
+def test_command_list() -> None:
+    """The console knows exactly the commands DESIGN.md lists, and help mentions each."""
+    assert set(COMMANDS) == {"positions", "exposure", "peers", "help", "exit", "quit"}
+    for name in COMMANDS:
+        assert name in HELP
+    assert "SYMBOL QTY" in HELP
+
+
+@pytest.mark.parametrize("line", ["", "\n", "   ", "\t \r\n", "\r\n"])
+def test_blank_lines_are_nothing(line: str) -> None:
+    """A blank line is ignored: parse_line returns None."""
+    assert parse_line(line) is None
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        ("AAPL", "'AAPL' is not a command; expected SYMBOL QTY (e.g. AAPL 100) or one of:"),
+        ("positons", "'positons' is not a command; expected SYMBOL QTY"),
+        ("AAPL abc", "invalid quantity 'abc': expected a signed decimal number"),
+        ("AAPL 1 2", "too many words in 'AAPL 1 2'; expected SYMBOL QTY"),
+        ("AAPL nan", "invalid quantity 'nan': expected a signed decimal number"),
+        ("AAPL NaN", "invalid quantity 'NaN': expected a signed decimal number"),
+        ("AAPL inf", "invalid quantity 'inf': expected a signed decimal number"),
+        ("AAPL -Infinity", "invalid quantity '-Infinity': expected a signed decimal number"),
+        ("AAPL 1e999", "quantity '1e999' is out of range: expected a finite number"),
+        ("AAPL -1e999", "quantity '-1e999' is out of range: expected a finite number"),
+        ("MSFT 10abc", "invalid quantity '10abc': expected a signed decimal number"),
+        ("MSFT 0x10", "invalid quantity '0x10': expected a signed decimal number"),
+        ("MSFT 1_000", "invalid quantity '1_000': expected a signed decimal number"),
+        ("MSFT 1,5", "invalid quantity '1,5': expected a signed decimal number"),
+        ("MSFT --1", "invalid quantity '--1': expected a signed decimal number"),
+        ("MSFT 0", "quantity '0' is zero: expected a non-zero change"),
+        ("MSFT -0.0", "quantity '-0.0' is zero: expected a non-zero change"),
+        ("A" * 33 + " 1", "expected 1-32 of letters, digits and . _ : / -"),
+        ("AA$PL 1", "invalid symbol 'AA$PL': expected 1-32 of letters"),
+        ("\u00c4PPL 1", "invalid symbol '\u00c4PPL': expected 1-32 of letters"),
+        ("AAPL\x00 1", "control character '\\x00' in input; expected SYMBOL QTY or a command"),
+        ("\x1b[A", "control character '\\x1b' in input; expected SYMBOL QTY"),
+        ("AAPL 1\x7f", "control character '\\x7f' in input"),
+        ("AAPL\r100", "control character '\\r' in input"),
+        ("AAPL\x85100", "control character '\\x85' in input"),
+    ],
+)
+def test_errors_say_what_was_expected(line: str, words: str) -> None:
+    """Each kind of bad line raises ConsoleError whose message names the problem and the fix."""
+    with pytest.raises(ConsoleError) as caught:
+        parse_line(line)
+    assert words in str(caught.value)
+
+
+def test_huge_input_is_quoted_short() -> None:
+    """An over-long word is cut in the error message, which stays one short line."""
+    with pytest.raises(ConsoleError) as caught:
+        parse_line("X" * 100_000 + " 1")
+    message = str(caught.value)
+    assert "'" + "X" * 40 + "...'" in message
+    assert len(message) < 200
+
+
+# Properties.
+
+symbols = st.from_regex(r"[A-Za-z0-9._:/-]{1,32}", fullmatch=True).filter(
+    lambda s: s.lower() not in COMMANDS
+)
+quantities = st.floats(allow_nan=False, allow_infinity=False).filter(lambda q: q != 0)
+
+
+@given(symbols, quantities, st.sampled_from([" ", "\t", "  "]))
+def test_any_symbol_and_finite_quantity(symbol: str, quantity: float, gap: str) -> None:
+    """Any valid symbol and non-zero finite quantity, as Python prints it, parse as that trade."""
+    assert parse_line(f"{symbol}{gap}{quantity!r}\n") == TradeCommand(symbol, quantity)
+
+
+printable_ish = st.text(
+    alphabet=st.one_of(
+        st.sampled_from(string.ascii_letters + string.digits + " \t.-+eE_:/$"),
+        st.characters(),
+    ),
+    max_size=40,
+)
+
+
+@given(printable_ish)
+def test_any_line_is_a_command_or_a_console_error(line: str) -> None:
+    """Any text gives None, a command, a valid trade, or ConsoleError with a one-line message."""
+    try:
+        result = parse_line(line)
+    except ConsoleError as exc:
+        message = str(exc)
+        assert "expected" in message
+        assert "\n" not in message
+        return
+    if result is None:
+        assert line.split() == []
+    elif isinstance(result, Command):
+        assert result.name in COMMANDS
+    else:
+        assert valid_symbol(result.symbol)
+        assert math.isfinite(result.quantity)
+        assert result.quantity != 0
