@@ -1,0 +1,480 @@
+"""A small process harness: start nodes as a user does, type into stdin, watch stdout rows.
+
+Every process is started with pipes, read by one thread per stdout, and stopped by its PID
+(EOF first, then SIGKILL after a deadline). Every wait has a deadline. Times are
+``time.perf_counter()`` taken in the reader thread as soon as a chunk of output arrives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ROOT",
+    "BenchError",
+    "Cluster",
+    "NodeProc",
+    "Proc",
+    "RowsProc",
+    "Watch",
+    "cpu_seconds",
+    "free_port",
+    "rss_bytes",
+    "wait_all",
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+SEP = b" | "
+# Children run in a user's default environment: these two (set in some CI sandboxes) would
+# make every start recompile the project (no .pyc written) and change stdout buffering.
+_DROPPED_ENV = ("PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED")
+
+Key = tuple[str, str]  # (strategy, symbol)
+RowHook = Callable[[float, Key, float], None]
+
+
+class BenchError(Exception):
+    """A benchmark run failed: a wrong final view, a deadline passed, a process misbehaved."""
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by every thread of ``pid``, in seconds.
+
+    Summed from each thread's ``schedstat`` (nanoseconds) when the kernel has it, else from
+    ``/proc/<pid>/stat`` (clock ticks, usually 10 ms).
+    """
+    total = 0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+        if total:
+            return total / 1e9
+    except OSError:
+        pass
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of ``pid`` (VmRSS), in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise BenchError(f"no VmRSS for pid {pid}")
+
+
+class Watch:
+    """Done when a node has printed each target ``(strategy, symbol) -> net`` at least once.
+
+    Register it before typing the trades it waits for. Only correct for nets reached once
+    (the workloads trade positive quantities, so each symbol's net only grows).
+    """
+
+    def __init__(self, targets: dict[Key, float]) -> None:
+        self.targets = targets
+        self.remaining = set(targets)
+        self.done = threading.Event()
+        self.done_at: float | None = None
+        if not self.remaining:
+            self.done_at = time.perf_counter()
+            self.done.set()
+
+    def on_row(self, t: float, key: Key, net: float) -> None:
+        if key in self.remaining and self.targets[key] == net:
+            self.remaining.discard(key)
+            if not self.remaining:
+                self.done_at = t
+                self.done.set()
+
+    def wait(self, timeout: float, what: str) -> float:
+        """Wait until done; return the time it was done; raise ``BenchError`` at the deadline."""
+        if not self.done.wait(timeout):
+            missing = sorted(self.remaining)[:5]
+            raise BenchError(
+                f"timed out after {timeout:g}s waiting for {what}:"
+                f" {len(self.remaining)} of {len(self.targets)} positions missing, e.g. {missing}"
+            )
+        assert self.done_at is not None
+        return self.done_at
+
+
+def wait_all(watches: Iterable[Watch], timeout: float, what: str) -> float:
+    """Wait for every watch (one shared deadline); return when the last was done."""
+    deadline = time.monotonic() + timeout
+    done = 0.0
+    for watch in watches:
+        done = max(done, watch.wait(max(0.0, deadline - time.monotonic()), what))
+    return done
+
+
+class Proc:
+    """A child process: stdin to write to, stdout lines handed to ``on_lines`` as they come."""
+
+    def __init__(self, name: str, command: Sequence[str], *, log: Path) -> None:
+        self.name = name
+        self.command = list(command)
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        self._reader: threading.Thread | None = None
+        self._log_file: Any = None
+        # Condition guarding what the reader thread updates (in subclasses too).
+        self.cond = threading.Condition()
+        self.other: list[str] = []  # stdout lines that are not rows (bounded)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> Proc:
+        self._log_file = open(self.log, "ab")  # noqa: SIM115 - closed in _finish
+        self.started_at = time.perf_counter()
+        self.proc = subprocess.Popen(
+            self.command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log_file,
+            cwd=ROOT,
+            bufsize=0,
+            env={k: v for k, v in os.environ.items() if k not in _DROPPED_ENV},
+        )
+        self._reader = threading.Thread(target=self._read, name=f"read-{self.name}", daemon=True)
+        self._reader.start()
+        return self
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        pending = b""
+        read = os.read
+        clock = time.perf_counter
+        while True:
+            chunk = read(fd, 1 << 17)
+            t = clock()
+            if not chunk:
+                break
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            self.on_lines(t, lines)
+
+    def on_lines(self, t: float, lines: list[bytes]) -> None:
+        with self.cond:
+            if len(self.other) < 10_000:
+                self.other.extend(line.decode(errors="replace") for line in lines)
+            self.cond.notify_all()
+
+    def write(self, data: bytes) -> None:
+        """Write all of ``data`` to stdin (blocks while the pipe is full)."""
+        assert self.proc is not None and self.proc.stdin is not None
+        fd = self.proc.stdin.fileno()
+        with memoryview(data) as view:
+            sent = 0
+            while sent < len(data):
+                sent += os.write(fd, view[sent:])
+
+    def wait_line(self, prefix: str, timeout: float) -> str:
+        """Wait for a non-row stdout line starting with ``prefix``."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for line in self.other:
+                    if line.startswith(prefix):
+                        return line
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self.alive:
+                    raise BenchError(
+                        f"{self.name}: no line {prefix!r} within {timeout:g}s\n{self.log_tail()}"
+                    )
+                self.cond.wait(min(remaining, 0.2))
+
+    def log_tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "".join(self.log.read_text(errors="replace").splitlines(True)[-lines:])
+        return ""
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """Close stdin (EOF: a graceful stop) and wait; SIGKILL by PID after ``timeout``."""
+        proc = self.proc
+        if proc is None:
+            return 0
+        if proc.poll() is None:
+            with contextlib.suppress(OSError):
+                assert proc.stdin is not None
+                proc.stdin.close()
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise BenchError(f"{self.name} did not stop within {timeout:g}s") from None
+        self._finish()
+        return proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL by PID."""
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+        self._finish()
+
+    def _finish(self) -> None:
+        if self._reader is not None:
+            self._reader.join(timeout=10)
+        proc = self.proc
+        if proc is not None:
+            for stream in (proc.stdin, proc.stdout):
+                with contextlib.suppress(OSError):
+                    if stream is not None:
+                        stream.close()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+
+class RowsProc(Proc):
+    """A process printing node-style rows ``strategy | symbol | net | ts``: the view they show."""
+
+    def __init__(self, name: str, command: Sequence[str], *, log: Path) -> None:
+        super().__init__(name, command, log=log)
+        self.view: dict[Key, tuple[float, int]] = {}
+        self.rows = 0
+        self.hooks: list[RowHook] = []
+
+    def on_lines(self, t: float, lines: list[bytes]) -> None:
+        view = self.view
+        hooks = self.hooks
+        other = []
+        with self.cond:
+            for line in lines:
+                parts = line.split(SEP)
+                if len(parts) == 4:
+                    try:
+                        net = float(parts[2])
+                        ts = int(parts[3])
+                    except ValueError:
+                        other.append(line)
+                        continue
+                    key = (parts[0].decode(), parts[1].decode())
+                    view[key] = (net, ts)
+                    self.rows += 1
+                    for hook in hooks:
+                        hook(t, key, net)
+                else:
+                    other.append(line)
+            if other and len(self.other) < 10_000:
+                self.other.extend(line.decode(errors="replace") for line in other)
+            self.cond.notify_all()
+
+    def watch(self, targets: dict[Key, float]) -> Watch:
+        """A watch on this node's rows, registered now (before the trades it waits for)."""
+        watch = Watch(targets)
+        with self.cond:
+            now = time.perf_counter()
+            for key, (net, _) in self.view.items():
+                watch.on_row(now, key, net)
+            self.hooks.append(watch.on_row)
+        return watch
+
+    def unhook(self, hook: RowHook) -> None:
+        with self.cond, contextlib.suppress(ValueError):
+            self.hooks.remove(hook)
+
+    def trade_lines(self, trades: Iterable[tuple[str, float]]) -> bytes:
+        return "".join(f"{symbol} {qty:g}\n" for symbol, qty in trades).encode()
+
+    def nets(self) -> dict[Key, float]:
+        with self.cond:
+            return {key: net for key, (net, _) in self.view.items()}
+
+
+class NodeProc(RowsProc):
+    """A node (``python -m position_distributor``) and the view its stdout rows show."""
+
+    def __init__(
+        self,
+        name: str,
+        port: int,
+        peers: Iterable[int] = (),
+        *,
+        data_dir: Path,
+        log: Path,
+        recovery_timeout: float = 0.0,
+        args: Sequence[str] = (),
+    ) -> None:
+        self.port = port
+        self.peer_ports = list(peers)
+        self.data_dir = data_dir
+        command = [
+            sys.executable,
+            "-m",
+            "position_distributor",
+            name,
+            str(port),
+            *(f"127.0.0.1:{p}" for p in self.peer_ports),
+            "--data-dir",
+            str(data_dir),
+            "--recovery-timeout",
+            f"{recovery_timeout:g}",
+            "--log-level",
+            "WARNING",
+            *args,
+        ]
+        super().__init__(name, command, log=log)
+
+    def stored_nets(self) -> dict[Key, float]:
+        """The positions in the node's SQLite store (read after the node has stopped)."""
+        path = self.data_dir / f"{self.name}.sqlite3"
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            return {
+                (strategy, symbol): net
+                for strategy, symbol, net in db.execute(
+                    "SELECT strategy, symbol, net_position FROM positions"
+                )
+            }
+        finally:
+            db.close()
+
+
+def _diff(got: dict[Key, float], expected: dict[Key, float], limit: int = 5) -> str:
+    wrong = [k for k in expected if got.get(k) != expected[k]]
+    extra = [k for k in got if k not in expected]
+    parts = []
+    if wrong:
+        parts.append(
+            f"{len(wrong)} wrong or missing, e.g. "
+            + ", ".join(f"{k}: {got.get(k)} != {expected[k]}" for k in wrong[:limit])
+        )
+    if extra:
+        parts.append(f"{len(extra)} unexpected, e.g. {extra[:limit]}")
+    return "; ".join(parts)
+
+
+class Cluster:
+    """The processes of one run, in a temp dir removed at the end; every one stopped by PID."""
+
+    def __init__(self, label: str) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix=f"pd-bench-{label}-"))
+        self.procs: list[Proc] = []
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def node(
+        self,
+        name: str,
+        peers: Iterable[NodeProc | int] = (),
+        *,
+        port: int | None = None,
+        data_dir: Path | None = None,
+        start: bool = True,
+        **kwargs: Any,
+    ) -> NodeProc:
+        node = NodeProc(
+            name,
+            port or free_port(),
+            [p.port if isinstance(p, NodeProc) else p for p in peers],
+            data_dir=data_dir or self.root / name,
+            log=self.root / f"{name}.log",
+            **kwargs,
+        )
+        self.procs.append(node)
+        if start:
+            node.start()
+        return node
+
+    def proc(self, name: str, command: Sequence[str], *, rows: bool = False) -> Proc:
+        cls = RowsProc if rows else Proc
+        proc = cls(name, command, log=self.root / f"{name}.log")
+        self.procs.append(proc)
+        return proc.start()
+
+    def check_views(self, expected: dict[str, dict[Key, float]], *, timeout: float = 20.0) -> None:
+        """Every node's printed view is exactly ``expected[name]``; all nodes agree on the
+        timestamps of the entries they share. Waits up to ``timeout`` for late rows."""
+        deadline = time.monotonic() + timeout
+        nodes = [p for p in self.procs if isinstance(p, NodeProc) and p.name in expected]
+        for node in nodes:
+            want = expected[node.name]
+            with node.cond:
+                while {k: net for k, (net, _) in node.view.items()} != want:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        got = {k: net for k, (net, _) in node.view.items()}
+                        raise BenchError(
+                            f"WRONG FINAL VIEW on {node.name}: {_diff(got, want)}\n"
+                            f"{node.log_tail()}"
+                        )
+                    node.cond.wait(min(remaining, 0.2))
+        stamps: dict[Key, tuple[int, str]] = {}
+        for node in nodes:
+            with node.cond:
+                for key, (_, ts) in node.view.items():
+                    seen = stamps.setdefault(key, (ts, node.name))
+                    if seen[0] != ts:
+                        raise BenchError(
+                            f"NODES DISAGREE on {key}: timestamp {ts} on {node.name},"
+                            f" {seen[0]} on {seen[1]}"
+                        )
+
+    def stop_and_check_stores(self, expected: dict[str, dict[Key, float]]) -> None:
+        """Stop every node gracefully (exit status 0), then check each store holds exactly
+        the expected view: what was printed was committed."""
+        errors = []
+        for proc in self.procs:
+            if proc.alive:
+                code = proc.stop()
+                if code != 0:
+                    errors.append(f"{proc.name} exited with status {code}\n{proc.log_tail()}")
+        for proc in self.procs:
+            if isinstance(proc, NodeProc) and proc.name in expected:
+                stored = proc.stored_nets()
+                if stored != expected[proc.name]:
+                    errors.append(
+                        f"WRONG STORE of {proc.name}: {_diff(stored, expected[proc.name])}"
+                    )
+        if errors:
+            raise BenchError("\n".join(errors))
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.alive:
+                with contextlib.suppress(BenchError):
+                    proc.stop(timeout=10)
+            proc.kill()
+        shutil.rmtree(self.root, ignore_errors=True)

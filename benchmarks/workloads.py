@@ -1,0 +1,551 @@
+"""The workloads W1-W6 and the bare-pipe baseline: one function per run, each returning metrics.
+
+Every node run ends with ``check_views`` (every node's printed view is exactly the expected
+net positions, and nodes agree on timestamps) and ``stop_and_check_stores`` (a graceful stop
+with exit status 0, and each store holds exactly that view). A failure raises ``BenchError``.
+Trades use positive quantities, so each symbol's net only grows and the final value of a
+symbol is printed exactly once: that is how a ``Watch`` knows a symbol is done.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .harness import (
+    BenchError,
+    Cluster,
+    NodeProc,
+    RowsProc,
+    cpu_seconds,
+    rss_bytes,
+    wait_all,
+)
+
+__all__ = ["WORKLOADS", "Settings", "Workload", "baseline_latency", "baseline_pipe"]
+
+Key = tuple[str, str]
+Metrics = dict[str, float]
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sizes of the workloads; ``quick()`` for a smoke run of the whole suite."""
+
+    runs: int = 3
+    pipe_messages: int = 100_000
+    w1_trades: int = 20_000
+    w1_symbols: int = 100
+    w2_samples: int = 500
+    w2_gap: float = 0.001  # idle time between two latency samples (s)
+    w3_positions: int = 100_000
+    w4_seconds: float = 10.0
+    w4_peers: int = 4
+    w5_nodes: int = 8
+    w5_trades_per_node: int = 2_500
+    w5_rate: float = 800.0  # total trades/s of the paced latency phase
+    w5_seconds: float = 3.0
+    w6_positions: int = 100_000
+
+    @classmethod
+    def quick(cls) -> Settings:
+        return cls(
+            runs=1,
+            pipe_messages=20_000,
+            w1_trades=5_000,
+            w2_samples=100,
+            w3_positions=20_000,
+            w4_seconds=3.0,
+            w5_trades_per_node=500,
+            w5_seconds=1.5,
+            w6_positions=20_000,
+        )
+
+
+def _percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) by linear interpolation between closest ranks."""
+    ordered = sorted(values)
+    if not ordered:
+        raise BenchError("no samples")
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def _latency_metrics(samples: list[float], prefix: str = "") -> Metrics:
+    return {
+        f"{prefix}p50_ms": _percentile(samples, 50) * 1e3,
+        f"{prefix}p99_ms": _percentile(samples, 99) * 1e3,
+        f"{prefix}max_ms": max(samples) * 1e3,
+        f"{prefix}mean_ms": statistics.fmean(samples) * 1e3,
+    }
+
+
+def _random_trades(rng: random.Random, count: int, symbols: list[str]) -> list[tuple[str, int]]:
+    return [(rng.choice(symbols), rng.randint(1, 1000)) for _ in range(count)]
+
+
+def _finals(strategy: str, trades: list[tuple[str, int]]) -> dict[Key, float]:
+    nets: dict[Key, float] = {}
+    for symbol, qty in trades:
+        key = (strategy, symbol)
+        nets[key] = nets.get(key, 0.0) + qty
+    return nets
+
+
+def _lines(trades: list[tuple[str, int]]) -> bytes:
+    return "".join(f"{symbol} {qty}\n" for symbol, qty in trades).encode()
+
+
+def _warm_up(nodes: list[NodeProc], links: dict[str, list[str]], timeout: float = 60.0) -> dict:
+    """Each node trades ``WARM 1``; wait until every node sees it from every linked node.
+
+    Proves every connection is up (and synced) before the measured part starts. Returns the
+    expected view so far, per node.
+    """
+    expected = {
+        node.name: {(name, "WARM"): 1.0 for name in [node.name, *links[node.name]]}
+        for node in nodes
+    }
+    watches = [node.watch(expected[node.name]) for node in nodes]
+    for node in nodes:
+        node.write(b"WARM 1\n")
+    wait_all(watches, timeout, "warm-up trades (connections up)")
+    for node, watch in zip(nodes, watches, strict=True):
+        node.unhook(watch.on_row)
+    return expected
+
+
+def _pair(c: Cluster) -> tuple[NodeProc, NodeProc, dict[str, dict[Key, float]]]:
+    """Two connected nodes: strategy_2 dials strategy_1; both warmed up."""
+    a = c.node("strategy_1")
+    b = c.node("strategy_2", [a])
+    expected = _warm_up([a, b], {a.name: [b.name], b.name: [a.name]})
+    return a, b, expected
+
+
+# The bare pipe.
+
+
+def baseline_pipe(settings: Settings, mode: str, run: int) -> Metrics:
+    """Messages/s through the bare pipe, from ``go`` typed to the sender until the receiver
+    has applied them all (and checked its dict)."""
+    count = settings.pipe_messages
+    with Cluster(f"pipe-{mode}") as c:
+        receiver = c.proc("recv", [sys.executable, "-m", "benchmarks.barepipe", "recv", str(count)])
+        port = receiver.wait_line("port ", 30).split()[1]
+        sender = c.proc(
+            "send", [sys.executable, "-m", "benchmarks.barepipe", "send", port, mode, str(count)]
+        )
+        sender.wait_line("ready", 30)
+        t0 = time.perf_counter()
+        sender.write(b"go\n")
+        done = receiver.wait_line("done ", 120)
+        t1 = time.perf_counter()
+        # The receiver prints "done" in the same chunk as nothing else: t1 is its arrival.
+        if not done.endswith(" ok"):
+            raise BenchError(f"bare pipe ({mode}) receiver's final dict is wrong: {done}")
+        for proc in (sender, receiver):
+            if proc.stop() != 0:
+                raise BenchError(f"bare pipe {proc.name} failed\n{proc.log_tail()}")
+    return {"msgs_per_s": count / (t1 - t0), "elapsed_s": t1 - t0}
+
+
+def baseline_latency(settings: Settings, run: int) -> Metrics:
+    """W2's method on the bare pipe: a ``SYMBOL QTY`` line written to the sender's stdin, to
+    the receiver's row; one at a time."""
+    samples = settings.w2_samples
+    with Cluster("pipe-lat") as c:
+        receiver = c.proc(
+            "recv",
+            [sys.executable, "-m", "benchmarks.barepipe", "recv", "0", "--rows"],
+            rows=True,
+        )
+        assert isinstance(receiver, RowsProc)
+        port = receiver.wait_line("port ", 30).split()[1]
+        sender = c.proc(
+            "send", [sys.executable, "-m", "benchmarks.barepipe", "send", port, "lines", "0"]
+        )
+        sender.wait_line("ready", 30)
+        warm = receiver.watch({("strategy_1", "WARM"): 1.0})
+        sender.write(b"WARM 1\n")
+        warm.wait(30, "the bare pipe's warm-up message")
+        receiver.unhook(warm.on_row)
+        latencies = _one_at_a_time(sender, receiver, "strategy_1", samples, settings.w2_gap)
+        for proc in (sender, receiver):
+            if proc.stop() != 0:
+                raise BenchError(f"bare pipe {proc.name} failed\n{proc.log_tail()}")
+    return _latency_metrics(latencies)
+
+
+def _one_at_a_time(
+    writer: Any,
+    receiver: RowsProc,
+    strategy: str,
+    samples: int,
+    gap: float,
+    sender_rows: RowsProc | None = None,
+    sender_latencies: list[float] | None = None,
+) -> list[float]:
+    """Write one trade line, wait for its row on ``receiver``; ``samples`` times."""
+    latencies = []
+    symbols = 50
+    expected: dict[Key, float] = {}
+    for i in range(samples):
+        key = (strategy, f"LAT{i % symbols:02d}")
+        expected[key] = expected.get(key, 0.0) + 1.0
+        watch = receiver.watch({key: expected[key]})
+        own = sender_rows.watch({key: expected[key]}) if sender_rows is not None else None
+        t0 = time.perf_counter()
+        writer.write(f"{key[1]} 1\n".encode())
+        t1 = watch.wait(10, f"latency sample {i}")
+        receiver.unhook(watch.on_row)
+        latencies.append(t1 - t0)
+        if own is not None and sender_rows is not None and sender_latencies is not None:
+            sender_latencies.append(own.wait(10, f"latency sample {i} (sender)") - t0)
+            sender_rows.unhook(own.on_row)
+        time.sleep(gap)
+    with receiver.cond:
+        nets = {k: net for k, (net, _) in receiver.view.items() if k[1].startswith("LAT")}
+    if nets != expected:
+        raise BenchError(f"latency receiver's view is wrong: {nets} != {expected}")
+    return latencies
+
+
+# W1-W6.
+
+
+def w1_throughput(settings: Settings, run: int) -> Metrics:
+    """20,000 trades over 100 symbols typed into strategy_1's stdin at once; time until its
+    peer strategy_2 has printed the final position of every symbol."""
+    rng = random.Random(run)
+    symbols = [f"SYM{i:03d}" for i in range(settings.w1_symbols)]
+    trades = _random_trades(rng, settings.w1_trades, symbols)
+    finals = _finals("strategy_1", trades)
+    with Cluster("w1") as c:
+        a, b, expected = _pair(c)
+        for name in expected:
+            expected[name].update(finals)
+        sender_done = a.watch(finals)
+        receiver_done = b.watch(finals)
+        data = _lines(trades)
+        cpu_a, cpu_b = cpu_seconds(a.pid), cpu_seconds(b.pid)
+        t0 = time.perf_counter()
+        a.write(data)
+        t_taken = time.perf_counter()
+        t_sender = sender_done.wait(300, "strategy_1 to print its own trades")
+        t_receiver = receiver_done.wait(300, "strategy_2 to print strategy_1's final positions")
+        cpu_a, cpu_b = cpu_seconds(a.pid) - cpu_a, cpu_seconds(b.pid) - cpu_b
+        c.check_views(expected)
+        c.stop_and_check_stores(expected)
+    elapsed = t_receiver - t0
+    return {
+        "trades_per_s": len(trades) / elapsed,
+        "elapsed_s": elapsed,
+        "stdin_taken_s": t_taken - t0,
+        "sender_printed_s": t_sender - t0,
+        "sender_cpu_s": cpu_a,
+        "receiver_cpu_s": cpu_b,
+    }
+
+
+def w2_latency(settings: Settings, run: int) -> Metrics:
+    """One trade at a time, typed into strategy_1; time to strategy_2's row (and, as a
+    breakdown, to strategy_1's own row)."""
+    with Cluster("w2") as c:
+        a, b, expected = _pair(c)
+        own: list[float] = []
+        latencies = _one_at_a_time(a, b, "strategy_1", settings.w2_samples, settings.w2_gap, a, own)
+        lat_nets = {k: net for k, (net, _) in b.view.items() if k[1].startswith("LAT")}
+        for name in expected:
+            expected[name].update(lat_nets)
+        c.check_views(expected)
+        c.stop_and_check_stores(expected)
+    return {**_latency_metrics(latencies), **_latency_metrics(own, "sender_row_")}
+
+
+def _prepare_store(data_dir: Path, name: str, count: int) -> dict[Key, float]:
+    """A store holding ``count`` positions of ``name``, made with the project's Store."""
+    from position_distributor.store import Store
+    from position_distributor.types import Position
+
+    ts = time.time_ns()
+    positions = [Position(name, f"S{i:06d}", float(i % 1000) + 0.25, ts + i) for i in range(count)]
+    store = Store(data_dir, name)
+    try:
+        store.commit(positions, ts + count)
+        store.mark_recovered()
+    finally:
+        store.close()
+    return {(p.strategy, p.symbol): p.net_position for p in positions}
+
+
+def _loaded_node(c: Cluster, count: int) -> tuple[NodeProc, dict[Key, float], float]:
+    """strategy_1 started from a store of ``count`` positions; returns the time it took to
+    print them all."""
+    data_dir = c.root / "strategy_1"
+    held = _prepare_store(data_dir, "strategy_1", count)
+    a = c.node("strategy_1", data_dir=data_dir, start=False)
+    loaded = a.watch(held)
+    a.start()
+    t_loaded = loaded.wait(300, f"strategy_1 to load {count} positions") - a.started_at
+    a.unhook(loaded.on_row)
+    return a, held, t_loaded
+
+
+def _spawn_to_dial(c: Cluster) -> float:
+    """Seconds from spawning a node (empty store, one peer) until it dials that peer."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(60)
+        node = c.node("strategy_9", [listener.getsockname()[1]])
+        sock, _ = listener.accept()
+        t = time.perf_counter() - node.started_at
+        sock.close()
+    node.stop()
+    return t
+
+
+def w3_join(settings: Settings, run: int) -> Metrics:
+    """strategy_1 holds 100,000 positions (from its store); strategy_2, new, joins it. Time
+    from spawning strategy_2 until it has printed all of them."""
+    count = settings.w3_positions
+    with Cluster("w3") as c:
+        startup = _spawn_to_dial(c)
+        a, held, t_loaded = _loaded_node(c, count)
+        b = c.node("strategy_2", [a], start=False)
+        joined = b.watch(held)
+        b.start()
+        t_join = joined.wait(300, f"strategy_2 to receive {count} positions") - b.started_at
+        expected = {a.name: held, b.name: held}
+        c.check_views(expected)
+        c.stop_and_check_stores(expected)
+    return {
+        "join_s": t_join,
+        "spawn_to_dial_s": startup,
+        "join_after_dial_s": t_join - startup,
+        "load_from_store_s": t_loaded,
+        "positions": count,
+    }
+
+
+def w4_idle(settings: Settings, run: int) -> Metrics:
+    """A hub with 4 connected peers, all idle (default 1 s heartbeats); CPU % of a core."""
+    with Cluster("w4") as c:
+        hub = c.node("strategy_0")
+        peers = [c.node(f"strategy_{i + 1}", [hub]) for i in range(settings.w4_peers)]
+        links = {hub.name: [p.name for p in peers], **{p.name: [hub.name] for p in peers}}
+        expected = _warm_up([hub, *peers], links)
+        time.sleep(1.0)  # let the warm-up's last writes and commits settle
+        nodes = [hub, *peers]
+        before = [cpu_seconds(n.pid) for n in nodes]
+        t0 = time.perf_counter()
+        time.sleep(settings.w4_seconds)
+        after = [cpu_seconds(n.pid) for n in nodes]
+        elapsed = time.perf_counter() - t0
+        pct = [(b - a) / elapsed * 100 for a, b in zip(before, after, strict=True)]
+        c.check_views(expected)
+        c.stop_and_check_stores(expected)
+    return {"hub_cpu_pct": pct[0], "peer_cpu_pct_max": max(pct[1:]), "seconds": elapsed}
+
+
+def w5_fanout(settings: Settings, run: int) -> Metrics:
+    """8 nodes in a full mesh. Burst: each node takes its trades at once; end-to-end trades/s
+    until every node holds every final position. Paced: trades at a fixed total rate spread
+    over the nodes; latency from each line written to each other node's row."""
+    rng = random.Random(run)
+    n = settings.w5_nodes
+    symbols = [f"SYM{i:03d}" for i in range(100)]
+    with Cluster("w5") as c:
+        nodes: list[NodeProc] = []
+        for i in range(n):
+            nodes.append(c.node(f"strategy_{i + 1}", list(nodes)))
+        names = [node.name for node in nodes]
+        links = {name: [other for other in names if other != name] for name in names}
+        expected = _warm_up(nodes, links, timeout=120)
+
+        # Burst.
+        per_node = {
+            node.name: _random_trades(rng, settings.w5_trades_per_node, symbols) for node in nodes
+        }
+        finals: dict[Key, float] = {}
+        for name, trades in per_node.items():
+            finals.update(_finals(name, trades))
+        watches = [node.watch(finals) for node in nodes]
+        payloads = {node.name: _lines(per_node[node.name]) for node in nodes}
+        start = threading.Barrier(n + 1)
+        errors: list[BaseException] = []
+
+        def type_all(node: NodeProc) -> None:
+            start.wait()
+            try:
+                node.write(payloads[node.name])
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        writers = [threading.Thread(target=type_all, args=(node,)) for node in nodes]
+        for writer in writers:
+            writer.start()
+        t0 = time.perf_counter()
+        start.wait()
+        t_done = wait_all(watches, 600, "every node to hold every final position (burst)")
+        for writer in writers:
+            writer.join(60)
+        if errors:
+            raise BenchError(f"typing into a node failed: {errors[0]!r}")
+        total = n * settings.w5_trades_per_node
+        for node, watch in zip(nodes, watches, strict=True):
+            node.unhook(watch.on_row)
+            expected[node.name].update(finals)
+
+        # Paced latency.
+        latencies, paced_finals = _paced(nodes, settings.w5_rate, settings.w5_seconds)
+        for name in expected:
+            expected[name].update(paced_finals)
+        c.check_views(expected)
+        c.stop_and_check_stores(expected)
+    return {
+        "trades_per_s": total / (t_done - t0),
+        "elapsed_s": t_done - t0,
+        **_latency_metrics(latencies),
+        "paced_rate": settings.w5_rate,
+        "latency_samples": len(latencies),
+    }
+
+
+def _paced(nodes: list[NodeProc], rate: float, seconds: float) -> tuple[list[float], dict]:
+    """Trades of 1 at ``rate`` per second in total, round robin over the nodes; for each
+    trade and each other node, the time from the line written to that node's row showing it."""
+    count = int(rate * seconds)
+    symbols = [f"PACE{i:02d}" for i in range(20)]
+    written: dict[Key, list[float]] = {}  # key -> write time of its 1st, 2nd... trade
+    samples: list[float] = []
+    lock = threading.Lock()
+
+    def tracker(node: NodeProc) -> Callable[[float, Key, float], None]:
+        seen: dict[Key, int] = {}
+
+        def on_row(t: float, key: Key, net: float) -> None:
+            if key[0] == node.name or not key[1].startswith("PACE"):
+                return
+            reached = int(net)
+            last = seen.get(key, 0)
+            if reached > last:
+                times = written[key]
+                with lock:
+                    samples.extend(t - times[m] for m in range(last, reached))
+                seen[key] = reached
+
+        return on_row
+
+    plan: list[tuple[NodeProc, Key]] = []
+    finals: dict[Key, float] = {}
+    for k in range(count):
+        node = nodes[k % len(nodes)]
+        key = (node.name, symbols[(k // len(nodes)) % len(symbols)])
+        finals[key] = finals.get(key, 0.0) + 1.0
+        plan.append((node, key))
+        written.setdefault(key, [])
+    hooks = [tracker(node) for node in nodes]
+    for node, hook in zip(nodes, hooks, strict=True):
+        node.hooks.append(hook)
+    watches = [node.watch(finals) for node in nodes]
+    interval = 1.0 / rate
+    t_start = time.perf_counter()
+    for k, (node, key) in enumerate(plan):
+        delay = t_start + k * interval - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        written[key].append(time.perf_counter())
+        node.write(f"{key[1]} 1\n".encode())
+    wait_all(watches, 120, "every node to hold every paced trade")
+    for node, hook, watch in zip(nodes, hooks, watches, strict=True):
+        node.unhook(hook)
+        node.unhook(watch.on_row)
+    expected_samples = count * (len(nodes) - 1)
+    if len(samples) != expected_samples:
+        raise BenchError(f"paced phase: {len(samples)} latency samples, not {expected_samples}")
+    return samples, finals
+
+
+def w6_footprint(settings: Settings, run: int) -> Metrics:
+    """RSS of a node holding 100,000 positions (loaded from its store; and a node that
+    received them by joining) above the RSS of an empty node, per 100,000 positions."""
+    count = settings.w6_positions
+    with Cluster("w6") as c:
+        empty = c.node("strategy_0")
+        _warm_up([empty], {empty.name: []})
+        a, held, _ = _loaded_node(c, count)
+        b = c.node("strategy_2", [a], start=False)
+        joined = b.watch(held)
+        b.start()
+        joined.wait(300, f"strategy_2 to receive {count} positions")
+        time.sleep(0.5)
+        rss = {node.name: rss_bytes(node.pid) for node in (empty, a, b)}
+        expected = {
+            empty.name: {(empty.name, "WARM"): 1.0},
+            a.name: held,
+            b.name: held,
+        }
+        c.check_views(expected)
+        c.stop_and_check_stores(expected)
+    scale = 100_000 / count
+    loaded = (rss["strategy_1"] - rss["strategy_0"]) * scale / MiB
+    joined_mib = (rss["strategy_2"] - rss["strategy_0"]) * scale / MiB
+    return {
+        "mib_per_100k": max(loaded, joined_mib),
+        "loaded_mib_per_100k": loaded,
+        "joined_mib_per_100k": joined_mib,
+        "empty_rss_mib": rss["strategy_0"] / MiB,
+        "loaded_rss_mib": rss["strategy_1"] / MiB,
+        "joined_rss_mib": rss["strategy_2"] / MiB,
+    }
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A workload: its function, the metric the target is about, and the target."""
+
+    key: str
+    title: str
+    run: Callable[[Settings, int], Metrics]
+    metric: str
+    unit: str
+    target: str
+
+
+WORKLOADS = {
+    w.key: w
+    for w in [
+        Workload(
+            "W1",
+            "throughput, 2 nodes",
+            w1_throughput,
+            "trades_per_s",
+            "trades/s",
+            ">= 0.5 x batched bare pipe",
+        ),
+        Workload("W2", "latency, 1 trade at a time", w2_latency, "p99_ms", "ms", "p99 < 1 ms"),
+        Workload("W3", "join, 100k positions", w3_join, "join_s", "s", "< 2 s"),
+        Workload("W4", "idle, hub with 4 peers", w4_idle, "hub_cpu_pct", "% of a core", "< 0.5 %"),
+        Workload(
+            "W5",
+            "fan-out, 8-node mesh",
+            w5_fanout,
+            "trades_per_s",
+            "trades/s",
+            "(none; p99 reported)",
+        ),
+        Workload("W6", "footprint", w6_footprint, "mib_per_100k", "MiB/100k positions", "< 50 MiB"),
+    ]
+}
