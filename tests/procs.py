@@ -1,22 +1,52 @@
-"""Run real nodes as a user does (``python -m position_distributor``) and watch their output."""
+"""Run real nodes as a user does (``python -m position_distributor``) and watch their output.
+
+Also a peer typed by hand (``HostilePeer``: a plain socket, frames built with ``struct`` and
+``position_pb2``, independent of the codec under test) and readers of ``/proc`` for memory
+and CPU.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+from position_distributor import position_pb2 as pb
+
+__all__ = [
+    "Cluster",
+    "HostilePeer",
+    "Mark",
+    "NodeProcess",
+    "View",
+    "cpu_seconds",
+    "cpu_seconds_precise",
+    "frame",
+    "free_port",
+    "hello_payload",
+    "parse_row",
+    "position_payload",
+    "proc_status_kib",
+    "run_cli",
+]
 
 ROW_SEPARATOR = " | "
+# Console command output comes in blocks: a header line, lines, a blank line. Rows inside a
+# block are a snapshot, not changes, so they do not update the parsed view.
+BLOCK_HEADERS = frozenset({"Current positions", "Exposure", "Peers"})
 
 View = dict[tuple[str, str], tuple[float, int]]
+Nets = dict[tuple[str, str], float]
 
 
 def free_port() -> int:
@@ -38,8 +68,68 @@ def parse_row(line: str) -> tuple[str, str, float, int] | None:
         return None
 
 
+def run_cli(
+    *args: str,
+    timeout: float = 20.0,
+    input: str | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m position_distributor ARGS`` to completion and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "position_distributor", *args],
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        preexec_fn=preexec_fn,
+    )
+
+
+def proc_status_kib(pid: int, field: str) -> int:
+    """A ``kB`` field of ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``, ``VmPeak``...)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key == field:
+            return int(value.split()[0])
+    raise KeyError(f"{field} not in /proc/{pid}/status")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by process ``pid``, from ``/proc/<pid>/stat``."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    # Fields after the command: state is field 3, utime 14 and stime 15 (1-based, man 5 proc).
+    utime, stime = int(fields[14 - 3]), int(fields[15 - 3])
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds_precise(pid: int) -> float:
+    """CPU time of every live thread of ``pid`` in ns resolution (``/proc/<pid>/task/*/schedstat``).
+
+    Threads that have exited are not counted: use it over windows where none do.
+    """
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+class Mark(NamedTuple):
+    """How many stdout and stderr lines a node had printed at some moment."""
+
+    out: int
+    err: int
+
+
 class NodeProcess:
-    """One node process: stdin to type into, stdout rows parsed as they come, stderr kept."""
+    """One node process: stdin to type into, stdout rows parsed as they come, stderr kept.
+
+    ``recovery_timeout``, ``heartbeat``, ``peers`` and ``extra_args`` are read at each
+    ``start()``, so a restart can change them.
+    """
 
     def __init__(
         self,
@@ -56,18 +146,13 @@ class NodeProcess:
         self.name = name
         self.port = port
         self.data_dir = data_dir
-        self.peers = [p if isinstance(p, str) else f"127.0.0.1:{p}" for p in peers]
-        self.args = [
-            "--data-dir",
-            str(data_dir),
-            "--recovery-timeout",
-            str(recovery_timeout),
-            "--heartbeat",
-            str(heartbeat),
-            *args,
-        ]
+        self.peers: list[int | str] = list(peers)
+        self.recovery_timeout = recovery_timeout
+        self.heartbeat = heartbeat
+        self.extra_args = list(args)
         self.env = env
         self.proc: subprocess.Popen[str] | None = None
+        self.started_at = 0.0  # time.monotonic() of the last start()
         # Condition guarding everything the stdout/stderr readers update.
         self._cond = threading.Condition()
         self.lines: list[str] = []
@@ -76,20 +161,45 @@ class NodeProcess:
         self._readers: list[threading.Thread] = []
 
     @property
+    def args(self) -> list[str]:
+        return [
+            "--data-dir",
+            str(self.data_dir),
+            "--recovery-timeout",
+            str(self.recovery_timeout),
+            "--heartbeat",
+            str(self.heartbeat),
+            *self.extra_args,
+        ]
+
+    @property
     def command(self) -> list[str]:
+        peers = [p if isinstance(p, str) else f"127.0.0.1:{p}" for p in self.peers]
         return [
             sys.executable,
             "-m",
             "position_distributor",
             self.name,
             str(self.port),
-            *self.peers,
+            *peers,
             *self.args,
         ]
 
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
     def start(self) -> NodeProcess:
+        """Start the process (again, after a stop or a kill: output starts afresh)."""
+        assert not self.alive, f"{self.name} is already running"
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env.update(self.env or {})
+        with self._cond:
+            self.lines = []
+            self.errors = []
+            self.view = {}
+        self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
             self.command,
             stdin=subprocess.PIPE,
@@ -99,10 +209,6 @@ class NodeProcess:
             bufsize=1,
             env=env,
         )
-        with self._cond:
-            self.lines = []
-            self.errors = []
-            self.view = {}
         self._readers = [
             threading.Thread(target=self._read_stdout, args=(self.proc,), daemon=True),
             threading.Thread(target=self._read_stderr, args=(self.proc,), daemon=True),
@@ -113,8 +219,13 @@ class NodeProcess:
 
     def _read_stdout(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None
+        in_block = False
         for line in proc.stdout:
-            row = parse_row(line)
+            row = None if in_block else parse_row(line)
+            if line.rstrip("\n") in BLOCK_HEADERS:
+                in_block = True
+            elif in_block and line == "\n":
+                in_block = False
             with self._cond:
                 self.lines.append(line)
                 if row is not None:
@@ -135,6 +246,32 @@ class NodeProcess:
         self.proc.stdin.write("".join(line + "\n" for line in lines))
         self.proc.stdin.flush()
 
+    def type_bytes(self, data: bytes) -> None:
+        """Write raw bytes (not necessarily UTF-8) to the node's stdin."""
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.flush()
+        self.proc.stdin.buffer.write(data)
+        self.proc.stdin.buffer.flush()
+
+    def mark(self) -> Mark:
+        """Where stdout and stderr are now, to look only at what comes after."""
+        with self._cond:
+            return Mark(len(self.lines), len(self.errors))
+
+    def rows(self, start: int = 0) -> list[tuple[str, str, float, int]]:
+        """Rows printed on stdout from line ``start`` on (command output included)."""
+        with self._cond:
+            lines = self.lines[start:]
+        return [row for row in map(parse_row, lines) if row is not None]
+
+    def errors_since(self, start: int = 0) -> list[str]:
+        with self._cond:
+            return self.errors[start:]
+
+    def log_lines(self, text: str, start: int = 0) -> list[str]:
+        """Stderr lines from index ``start`` on that contain ``text``."""
+        return [line for line in self.errors_since(start) if text in line]
+
     def wait_until(
         self,
         predicate: Callable[[NodeProcess], Any],
@@ -152,7 +289,8 @@ class NodeProcess:
                 if remaining <= 0:
                     raise AssertionError(
                         f"{self.name}: timed out after {timeout}s waiting for {what}\n"
-                        f"view={self.view}\nstderr tail:\n{''.join(self.errors[-30:])}"
+                        f"view={self.view}\nstdout tail:\n{''.join(self.lines[-10:])}"
+                        f"stderr tail:\n{''.join(self.errors[-30:])}"
                     )
                 self._cond.wait(min(remaining, 0.5))
 
@@ -164,7 +302,17 @@ class NodeProcess:
 
         return str(self.wait_until(found, timeout, f"log {text!r}"))
 
-    def wait_for_view(self, expected: dict[tuple[str, str], float], timeout: float = 15.0) -> None:
+    def wait_for_output(self, text: str, timeout: float = 15.0, start: int = 0) -> int:
+        """Wait until a stdout line (from index ``start`` on) contains ``text``; its index."""
+
+        def found(node: NodeProcess) -> list[int] | None:
+            hits = (i for i in range(start, len(node.lines)) if text in node.lines[i])
+            first = next(hits, None)
+            return None if first is None else [first]
+
+        return int(self.wait_until(found, timeout, f"output {text!r}")[0])
+
+    def wait_for_view(self, expected: Nets, timeout: float = 15.0) -> None:
         """Wait until the node's printed view has exactly these net positions."""
 
         def matches(node: NodeProcess) -> bool:
@@ -172,9 +320,49 @@ class NodeProcess:
 
         self.wait_until(matches, timeout, f"view {expected}")
 
-    def nets(self) -> dict[tuple[str, str], float]:
+    def wait_for_rows(self, expected: View, timeout: float = 15.0) -> None:
+        """Wait until the node's printed view is exactly ``expected``, timestamps included."""
+        self.wait_until(lambda node: node.view == expected, timeout, f"rows {expected}")
+
+    def wait_for_exit(self, timeout: float = 15.0) -> int:
+        """Wait for the process to end by itself; its exit status."""
+        assert self.proc is not None
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"{self.name} still running after {timeout}s\n"
+                f"stderr tail:\n{''.join(self.errors_since()[-30:])}"
+            ) from None
+        self._join_readers()
+        return code
+
+    def command_output(self, command: str, header: str, timeout: float = 15.0) -> list[str]:
+        """Type a console command; the lines of its output block (after the header)."""
+        start = self.mark().out
+        self.type(command)
+        first = self.wait_for_output(header, timeout, start)
+
+        def block(node: NodeProcess) -> list[str] | None:
+            lines = node.lines[first + 1 :]
+            if "\n" not in lines:
+                return None
+            return [line.rstrip("\n") for line in lines[: lines.index("\n")]]
+
+        return list(self.wait_until(block, timeout, f"end of {header!r} block"))
+
+    def snapshot(self) -> View:
+        with self._cond:
+            return dict(self.view)
+
+    def nets(self) -> Nets:
         with self._cond:
             return {key: net for key, (net, _) in self.view.items()}
+
+    def send_signal(self, sig: int) -> None:
+        """Send a signal, by PID."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
 
     def kill(self) -> None:
         """kill -9, by PID."""
@@ -226,7 +414,13 @@ class Cluster:
         self.nodes: dict[str, NodeProcess] = {}
 
     def add(
-        self, name: str, port: int | None = None, peers: Iterable[int | str] = (), **kwargs: Any
+        self,
+        name: str,
+        port: int | None = None,
+        peers: Iterable[int | str] = (),
+        *,
+        start: bool = True,
+        **kwargs: Any,
     ) -> NodeProcess:
         node = NodeProcess(
             name,
@@ -236,10 +430,28 @@ class Cluster:
             **kwargs,
         )
         self.nodes[name] = node
+        return node.start() if start else node
+
+    def restart(
+        self, name: str, *, peers: Iterable[int | str] | None = None, wipe: bool = False
+    ) -> NodeProcess:
+        """Start a stopped or killed node again; ``wipe`` deletes its data dir first."""
+        node = self.nodes[name]
+        if peers is not None:
+            node.peers = list(peers)
+        if wipe:
+            shutil.rmtree(node.data_dir)
         return node.start()
 
-    def restart(self, name: str) -> NodeProcess:
-        return self.nodes[name].start()
+    def wait_for_view(
+        self, expected: Nets, nodes: Sequence[NodeProcess] | None = None, timeout: float = 15.0
+    ) -> None:
+        """Wait until every node (default: every running node) prints exactly ``expected``."""
+        for node in nodes if nodes is not None else self.running():
+            node.wait_for_view(expected, timeout)
+
+    def running(self) -> list[NodeProcess]:
+        return [node for node in self.nodes.values() if node.alive]
 
     def close(self) -> None:
         for node in self.nodes.values():
@@ -248,3 +460,125 @@ class Cluster:
                     node.stop(timeout=5)
             if node.alive:
                 node.kill()
+
+
+# A peer typed by hand.
+
+
+def frame(payload: bytes) -> bytes:
+    """A 4-byte big-endian length, then ``payload``."""
+    return struct.pack(">I", len(payload)) + payload
+
+
+def hello_payload(strategy: str, *, version: int = 1, listen_port: int = 0) -> bytes:
+    envelope = pb.Envelope(
+        hello=pb.Hello(strategy=strategy, protocol_version=version, listen_port=listen_port)
+    )
+    return envelope.SerializeToString()
+
+
+def position_payload(strategy: str, symbol: str, net: float, timestamp: int) -> bytes:
+    """An ``Envelope`` carrying one ``SymbolPos``."""
+    position = pb.SymbolPos(
+        strategy_name=strategy, symbol=symbol, net_position=net, timestamp=timestamp
+    )
+    return pb.Envelope(position=position).SerializeToString()
+
+
+class HostilePeer:
+    """A TCP connection to a node that the test drives byte by byte; no threads of its own."""
+
+    def __init__(self, port: int, *, timeout: float = 15.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.timeout = timeout
+        local_port = self.sock.getsockname()[1]
+        # How the node names this connection: "... at LABEL closed: REASON" in its log lines
+        # (the thread name column, "recv-LABEL", holds it too).
+        self.label = f"127.0.0.1:{local_port}"
+        self.received = bytearray()
+        self.how_closed: str | None = None
+
+    def send(self, data: bytes, *, may_fail: bool = False) -> None:
+        """Send raw bytes; with ``may_fail``, the node closing the connection is fine."""
+        try:
+            self.sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            if not may_fail:
+                raise
+
+    def send_frames(self, *payloads: bytes, may_fail: bool = False) -> None:
+        self.send(b"".join(map(frame, payloads)), may_fail=may_fail)
+
+    def hello(self, strategy: str, *, version: int = 1, listen_port: int = 0) -> None:
+        self.send_frames(hello_payload(strategy, version=version, listen_port=listen_port))
+
+    def sync_done(self) -> None:
+        self.send_frames(pb.Envelope(sync_done=pb.SyncDone(count=0)).SerializeToString())
+
+    def heartbeat_frame(self) -> bytes:
+        return frame(pb.Envelope(heartbeat=pb.Heartbeat()).SerializeToString())
+
+    def envelopes(self) -> list[pb.Envelope]:
+        """Every complete frame received so far, parsed."""
+        out = []
+        offset = 0
+        data = bytes(self.received)
+        while len(data) - offset >= 4:
+            (length,) = struct.unpack_from(">I", data, offset)
+            if len(data) - offset - 4 < length:
+                break
+            out.append(pb.Envelope.FromString(data[offset + 4 : offset + 4 + length]))
+            offset += 4 + length
+        return out
+
+    def read_until(
+        self, predicate: Callable[[list[pb.Envelope]], Any], timeout: float | None = None
+    ) -> list[pb.Envelope]:
+        """Read until ``predicate(envelopes received)`` holds; fail at EOF or the deadline."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while not predicate(envelopes := self.envelopes()):
+            remaining = deadline - time.monotonic()
+            if self.how_closed is not None or remaining <= 0:
+                kinds = [e.WhichOneof("body") for e in envelopes]
+                raise AssertionError(f"expected frames never came ({self.how_closed}): {kinds}")
+            self._read_once(remaining)
+        return envelopes
+
+    def wait_closed(self, timeout: float | None = None) -> str:
+        """Read (and keep) everything until the node closes: ``"eof"`` or ``"reset"``."""
+        timeout = timeout or self.timeout
+        deadline = time.monotonic() + timeout
+        while self.how_closed is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"the node kept {self.label} open for {timeout}s")
+            self._read_once(remaining)
+        return self.how_closed
+
+    def _read_once(self, timeout: float) -> None:
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(1 << 16)
+        except TimeoutError:
+            return
+        except ConnectionResetError:
+            self.how_closed = "reset"
+            return
+        if not data:
+            self.how_closed = "eof"
+        self.received += data
+
+    def reset(self) -> None:
+        """Close with SO_LINGER 0: the kernel sends RST, discarding data in flight."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def __enter__(self) -> HostilePeer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
