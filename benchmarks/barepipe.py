@@ -98,6 +98,7 @@ def send(port: int, mode: str, count: int) -> None:
         raise SystemExit(f"unknown mode {mode!r}")
     print("sent", flush=True)
     sock.close()
+    sys.stdin.read()  # stay alive (for the harness to read our CPU time) until EOF
 
 
 def recv(count: int, rows: bool) -> None:

@@ -147,17 +147,27 @@ def baseline_pipe(settings: Settings, mode: str, run: int) -> Metrics:
             "send", [sys.executable, "-m", "benchmarks.barepipe", "send", port, mode, str(count)]
         )
         sender.wait_line("ready", 30)
+        cpu_s, cpu_r = cpu_seconds(sender.pid), cpu_seconds(receiver.pid)
         t0 = time.perf_counter()
         sender.write(b"go\n")
         done = receiver.wait_line("done ", 120)
         t1 = time.perf_counter()
-        # The receiver prints "done" in the same chunk as nothing else: t1 is its arrival.
+        cpu_r = cpu_seconds(receiver.pid) - cpu_r
+        sender.wait_line("sent", 30)
+        cpu_s = cpu_seconds(sender.pid) - cpu_s
         if not done.endswith(" ok"):
             raise BenchError(f"bare pipe ({mode}) receiver's final dict is wrong: {done}")
         for proc in (sender, receiver):
             if proc.stop() != 0:
                 raise BenchError(f"bare pipe {proc.name} failed\n{proc.log_tail()}")
-    return {"msgs_per_s": count / (t1 - t0), "elapsed_s": t1 - t0}
+    return {
+        "msgs_per_s": count / (t1 - t0),
+        "elapsed_s": t1 - t0,
+        "sender_cpu_us": cpu_s / count * 1e6,
+        "receiver_cpu_us": cpu_r / count * 1e6,
+        # What the pipe would do with a core per process: its busier side's CPU per message.
+        "cpu_bound_per_s": count / max(cpu_s, cpu_r),
+    }
 
 
 def baseline_latency(settings: Settings, run: int) -> Metrics:
@@ -248,13 +258,16 @@ def w1_throughput(settings: Settings, run: int) -> Metrics:
         c.check_views(expected)
         c.stop_and_check_stores(expected)
     elapsed = t_receiver - t0
+    n = len(trades)
     return {
-        "trades_per_s": len(trades) / elapsed,
+        "trades_per_s": n / elapsed,
         "elapsed_s": elapsed,
         "stdin_taken_s": t_taken - t0,
         "sender_printed_s": t_sender - t0,
-        "sender_cpu_s": cpu_a,
-        "receiver_cpu_s": cpu_b,
+        "sender_cpu_us": cpu_a / n * 1e6,
+        "receiver_cpu_us": cpu_b / n * 1e6,
+        # What the node would do with a core per process: its busier side's CPU per trade.
+        "cpu_bound_per_s": n / max(cpu_a, cpu_b),
     }
 
 
