@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -154,7 +155,9 @@ def test_status_shows_the_configured_peer_as_connected(make_peer: MakePeer) -> N
     a.events.wait_event(Event.CONNECTED)
     b.events.wait_event(Event.ACCEPTED)
 
-    [row] = a.peer.status()
+    rows = a.peer.status()
+    assert len(rows) == 1, rows
+    [row] = rows
     assert (row.name, row.address, row.state) == (
         "beta",
         f"127.0.0.1:{b.port}",
@@ -596,6 +599,36 @@ def test_stop_ends_every_thread_and_is_idempotent(
     talker.read_until_eof()
     b.events.wait_event(Event.CLOSED)
     # Threads are checked by the no_thread_leak fixture once b is stopped too.
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: Peer.stop() raises RuntimeError 'cannot join thread before it is started'"
+    " for a connection tracked in _all whose writer thread has not started yet",
+)
+def test_stop_while_connections_are_still_starting_never_raises(no_thread_leak: None) -> None:
+    """stop() right after inbound connections arrive closes them all and raises nothing."""
+    before = set(threading.enumerate())
+    errors: list[BaseException] = []
+    for _ in range(50):
+        hub = Peer("hub", EventDispatcher(), limits=FAST)
+        hub.start()
+        socks = [socket.create_connection(("127.0.0.1", hub.port)) for _ in range(10)]
+        try:
+            hub.stop()
+        except RuntimeError as exc:
+            errors.append(exc)
+        finally:
+            for sock in socks:
+                sock.close()
+        if errors:
+            break
+    # A failed stop leaves readers behind; they end at the EOF of the sockets closed above.
+    wait_until(
+        lambda: not [t for t in threading.enumerate() if t not in before and t.is_alive()],
+        what="every thread of the hubs to end",
+    )
+    assert errors == []
 
 
 def test_a_peer_that_cannot_bind_raises_and_starts_no_thread(make_peer: MakePeer) -> None:
