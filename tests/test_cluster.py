@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from .faultproxy import FaultProxy
 from .procs import Cluster, Nets, NodeProcess
 
 S1, S2, S3 = "strategy_1", "strategy_2", "strategy_3"
@@ -115,11 +116,19 @@ def test_lost_store_is_recovered_from_peers_before_trading(cluster: Cluster, vic
     node.kill()
     # Long enough that passing proves the peers' sync, not the timeout, ended the wait.
     node.recovery_timeout = 30.0
-    cluster.restart(victim, wipe=True)
-    node.type("AAPL 1")
-    truth[(victim, "AAPL")] = 101.0
-    cluster.wait_for_view(truth, nodes)
-    assert_same_rows(*nodes)
+    with contextlib.ExitStack() as stack:
+        if node.peers:
+            # A dialler's sync would otherwise often win the race with its first typed trade
+            # even without a recovery window: make its peers' replies 0.3 s late.
+            proxies = [stack.enter_context(FaultProxy(int(port))) for port in node.peers]
+            for proxy in proxies:
+                proxy.delay(0.3, "backward")
+            node.peers = [proxy.port for proxy in proxies]
+        cluster.restart(victim, wipe=True)
+        node.type("AAPL 1")
+        truth[(victim, "AAPL")] = 101.0
+        cluster.wait_for_view(truth, nodes)
+        assert_same_rows(*nodes)
     recovered = node.rows()
     assert (victim, "AAPL", 100.0, before[(victim, "AAPL")][1]) in recovered, recovered
     assert not node.log_lines("recovery timeout")
