@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import io
+import re
 import signal
 import sys
 import threading
@@ -48,12 +50,19 @@ class _ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{PROG}: error: {message} (see {PROG} --help)\n")
 
 
+_DIGITS = re.compile(r"[0-9]{1,5}")
+
+
+def _port_number(text: str) -> int | None:
+    """``text`` as a port number if it is 1-5 ASCII digits of at most 65535, else None."""
+    if _DIGITS.fullmatch(text) is None or int(text) > 65535:
+        return None
+    return int(text)
+
+
 def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid port {text!r}: expected a number") from None
-    if not 0 <= port <= 65535:
+    port = _port_number(text)
+    if port is None:
         raise argparse.ArgumentTypeError(f"invalid port {text!r}: expected 1-65535 (0: any free)")
     return port
 
@@ -65,10 +74,7 @@ def _address(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(
             f"invalid peer address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:12345"
         )
-    try:
-        port = int(port_text)
-    except ValueError:
-        port = -1
+    port = _port_number(port_text) or 0
     if not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError(
             f"invalid port in peer address {text!r}: expected HOST:PORT with a port of 1-65535"
@@ -258,6 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.remove()
     logger.add(sys.stderr, level=args.log_level, format=LOG_FORMAT, backtrace=False)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    if isinstance(sys.stdin, io.TextIOWrapper):
+        # Bytes that do not decode become U+FFFD and fail validation with an error line.
+        sys.stdin.reconfigure(errors="replace")
     node = Node(config, out=sys.stdout)
     try:
         node.start()

@@ -18,7 +18,7 @@ from loguru import logger
 from .dispatcher import EventDispatcher
 from .engine import Engine, Output, Subscriber
 from .peer import Limits, Peer, PeerStatus
-from .store import JournalEntry, SnapshotInfo, Store
+from .store import JournalEntry, SnapshotInfo, Store, StoreError
 from .types import MAX_SYMBOL_LENGTH, Position, valid_strategy, valid_symbol
 
 __all__ = ["Config", "Node", "NodeError", "UpdatesOverflow"]
@@ -125,16 +125,17 @@ class Node:
         return self._engine is not None and self._engine.recovering
 
     def start(self) -> Node:
-        """Open the store, print the stored view, listen, dial the peers, start the consumers."""
+        """Listen, open the store, print the stored view, dial the peers, start the consumers.
+
+        Raises ``NodeError`` with one clear sentence if the port or the store is unusable;
+        nothing is logged or printed before both are known to be good.
+        """
         with self._lock:
             if self._state != "new":
                 raise NodeError(f"node {self.name} is {self._state}; a Node starts once")
+            self._state = "stopped"  # unless everything below succeeds
             config = self.config
-            try:
-                self._store = Store(config.data_dir, config.name, fsync=config.fsync)
-            except Exception as exc:
-                raise NodeError(str(exc)) from exc
-            self._peer = Peer(
+            peer = Peer(
                 config.name,
                 self._dispatcher,
                 bind=config.bind,
@@ -142,26 +143,31 @@ class Node:
                 peers=config.peers,
                 limits=config.limits,
             )
+            try:
+                peer.listen()
+            except OSError as exc:
+                raise NodeError(
+                    f"cannot listen on {config.bind}:{config.port}: {exc.strerror or exc}"
+                ) from exc
+            try:
+                store = Store(config.data_dir, config.name, fsync=config.fsync)
+            except StoreError as exc:
+                peer.stop()
+                raise NodeError(str(exc)) from exc
+            self._peer, self._store = peer, store
             self._engine = Engine(
                 config.name,
                 self._dispatcher,
-                self._peer,
-                self._store,
+                peer,
+                store,
                 out=self.output,
                 recovery_timeout=config.recovery_timeout,
                 expected_peers=len(config.peers),
             )
             stored = self._engine.positions()
-            logger.info("store {} holds {} position(s)", self._store.path, len(stored))
+            logger.info("store {} holds {} position(s)", store.path, len(stored))
             self.output.write("".join(p.row() + "\n" for p in stored))
-            try:
-                self._peer.start()
-            except OSError as exc:
-                self._store.close()
-                self._state = "stopped"
-                raise NodeError(
-                    f"cannot listen on {config.bind}:{config.port}: {exc.strerror or exc}"
-                ) from exc
+            peer.start()
             self._engine.start()
             if config.snapshot_at is not None:
                 self._timer = threading.Thread(

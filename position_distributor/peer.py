@@ -35,6 +35,7 @@ _RECV_SIZE: Final = 256 * 1024
 _SEND_SLICE: Final = 1 << 20  # each sendall is bounded in time by the socket timeout
 _HEARTBEAT: Final = encode(Heartbeat())
 _STOP: Final = None  # writer sentinel: send what is queued before it, then shut down
+_DUPLICATE: Final = "already connected to"
 
 
 @dataclass(frozen=True)
@@ -73,10 +74,16 @@ class Connection:
     """One TCP connection to another node: its protocol state, reader loop and writer thread."""
 
     def __init__(
-        self, peer: Peer, sock: socket.socket, address: tuple[str, int], *, outbound: bool
+        self,
+        peer: Peer,
+        sock: socket.socket,
+        address: tuple[str, int],
+        *,
+        connector: _Connector | None = None,
     ) -> None:
         self.address = address
-        self.outbound = outbound
+        self.outbound = connector is not None
+        self.connector = connector
         self.protocol = Protocol(
             peer.name,
             listen_port=peer.port,
@@ -170,12 +177,19 @@ class Connection:
         sock = self._sock
         reason = "closed"
         try:
-            sock.settimeout(limits.hello_timeout)
             self._writer.start()
             self.send(self.protocol.hello(), bounded=False)
             receive_data = self.protocol.receive_data
             fire = peer.dispatcher.fire
+            hello_deadline = time.monotonic() + limits.hello_timeout
             while True:
+                if not self.ready:
+                    # The Hello deadline is absolute: trickling bytes do not extend it.
+                    left = hello_deadline - time.monotonic()
+                    if left <= 0:
+                        reason = f"no Hello within {limits.hello_timeout:g}s"
+                        break
+                    sock.settimeout(left)
                 try:
                     data = sock.recv(_RECV_SIZE)
                 except TimeoutError:
@@ -198,6 +212,8 @@ class Connection:
                             reason = refusal
                             return reason
                         self.ready = True
+                        if self.connector is not None:
+                            self.connector.strategy = self.name
                         sock.settimeout(limits.idle_timeout)
                         logger.info(
                             "connected to {} at {} ({})",
@@ -221,9 +237,14 @@ class Connection:
             self._finish(reason)
         return self._closed_reason or reason
 
+    def join_writer(self, timeout: float | None = None) -> None:
+        """Wait for the writer thread to end, if it was started (the reader starts it)."""
+        if self._writer.ident is not None:
+            self._writer.join(timeout)
+
     def _finish(self, reason: str) -> None:
         self.close(reason)
-        self._writer.join()
+        self.join_writer()
         with contextlib.suppress(OSError):
             self._sock.close()
         peer = self._peer
@@ -234,8 +255,10 @@ class Connection:
             level = "INFO" if peer.stopping else "WARNING"
             logger.log(level, "connection with {} at {} closed: {}", who, self.label, final)
             peer.dispatcher.fire(Event.CLOSED, self, final)
-        elif not peer.stopping:
-            logger.warning("connection from {} at {} refused: {}", who, self.label, final)
+        elif not peer.stopping and not self.outbound:
+            # A dialled connection that failed is reported by its connector, once per change.
+            level = "INFO" if final.startswith(_DUPLICATE) else "WARNING"
+            logger.log(level, "connection from {} at {} refused: {}", who, self.label, final)
 
     def _send_frames(self) -> None:
         """Writer thread: drain the queue, write everything queued in one ``sendall``."""
@@ -328,11 +351,16 @@ class Peer:
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
-    def start(self) -> None:
-        """Bind and listen (raising ``OSError`` if that fails), then start every thread."""
+    def listen(self) -> None:
+        """Bind the listening socket; raises ``OSError`` if that fails (e.g. port in use)."""
         listener = socket.create_server((self.bind, self.port), backlog=128)
         self._listener = listener
         self.port = listener.getsockname()[1]
+
+    def start(self) -> None:
+        """Start accepting (``listen()`` first if not done yet) and dialling."""
+        if self._listener is None:
+            self.listen()
         logger.info("{} listening on {}:{}", self.name, self.bind, self.port)
         self._accept_thread = threading.Thread(target=self._accept, name="accept", daemon=True)
         self._accept_thread.start()
@@ -367,7 +395,7 @@ class Peer:
             conn.close("node stopping", flush=True)
         deadline = time.monotonic() + flush_timeout
         for conn in conns:
-            conn._writer.join(max(0.0, deadline - time.monotonic()))
+            conn.join_writer(max(0.0, deadline - time.monotonic()))
             conn._shutdown()
         for connector in self._connectors:
             if connector.thread is not None:
@@ -442,9 +470,7 @@ class Peer:
                 keep_outbound = self.name < name
                 if conn.outbound != keep_outbound:
                     dialler = self.name if keep_outbound else name
-                    return (
-                        f"already connected to {name}; keeping the connection dialled by {dialler}"
-                    )
+                    return f"{_DUPLICATE} {name}; keeping the connection dialled by {dialler}"
             if old is not None:
                 replaced = old
             self._live[name] = conn
@@ -492,7 +518,7 @@ class Peer:
                     )
                     sock.close()
                     continue
-                conn = Connection(self, sock, address[:2], outbound=False)
+                conn = Connection(self, sock, address[:2])
                 if not self._track(conn):
                     sock.close()
                     return
@@ -516,10 +542,13 @@ class Peer:
                 self._readers.discard(threading.current_thread())
 
     def _redial(self, connector: _Connector) -> None:
-        """Connector thread: dial, run the connection, and redial forever after it ends."""
+        """Connector thread: dial, run the connection, and redial forever after it ends.
+
+        Logs changes of state (first failure of a kind, reconnection), not every attempt.
+        """
         limits = self.limits
         backoff = limits.backoff_min
-        failures = 0
+        reported = ""  # the last failure logged
         try:
             while not self._stopping.is_set():
                 self._stand_by(connector)
@@ -531,31 +560,37 @@ class Peer:
                         (connector.host, connector.port), timeout=limits.connect_timeout
                     )
                 except OSError as exc:
-                    failures += 1
                     connector.state = f"unreachable ({_describe(exc)})"
-                    if failures == 1:
+                    if reported != connector.state:
+                        reported = connector.state
                         logger.info(
                             "cannot reach {}: {}; will keep trying",
                             connector.label,
                             _describe(exc),
                         )
                 else:
-                    conn = Connection(self, sock, (connector.host, connector.port), outbound=True)
+                    conn = Connection(
+                        self, sock, (connector.host, connector.port), connector=connector
+                    )
                     if not self._track(conn):
                         sock.close()
                         break
                     connector.conn = conn
                     reason = conn.run()
                     connector.conn = None
-                    if conn.name is not None:
-                        connector.strategy = conn.name
                     if conn.ready:
                         backoff = limits.backoff_min
-                        failures = 0
+                        reported = ""
                         connector.state = f"disconnected ({reason})"
-                    else:
-                        failures += 1
+                    elif not self._stopping.is_set():
                         connector.state = f"refused ({reason})"
+                        if reported != connector.state and not reason.startswith(_DUPLICATE):
+                            reported = connector.state
+                            logger.warning(
+                                "{} refused the connection: {}; will keep trying",
+                                connector.label,
+                                reason,
+                            )
                 if self._stopping.wait(backoff * random.uniform(0.5, 1.0)):
                     break
                 backoff = min(backoff * 2, limits.backoff_max)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, NamedTuple
@@ -105,16 +106,23 @@ class Store:
         except OSError as exc:
             raise StoreError(f"cannot create data dir {data_dir}: {exc.strerror or exc}") from exc
         self._lock_file = self._lock(data_dir / f"{name}.lock")
+        db = None
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            db = self._db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False
+            )
+            db.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode survives a crash of this process (kill -9); FULL also
             # survives a power cut, at the cost of an fsync per commit.
-            self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
-            self._db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+            db.executescript(_SCHEMA)
             self._init_meta()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, StoreError) as exc:
+            if db is not None:
+                db.close()
             self._lock_file.close()
+            if isinstance(exc, StoreError):
+                raise
             raise StoreError(f"cannot use store {self.path}: {exc}") from exc
 
     def _lock(self, path: Path) -> IO[bytes]:
@@ -157,9 +165,15 @@ class Store:
                     f"store {self.path} has schema version {rows.get('schema_version')},"
                     f" this program reads version {SCHEMA_VERSION}"
                 )
+            # A real write now, so a store we cannot write fails here, not on the first trade.
+            db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('opened_at_ns', ?)",
+                (time.time_ns(),),
+            )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
 
     @property
