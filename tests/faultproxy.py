@@ -10,8 +10,9 @@ accepts to ``127.0.0.1:<target_port>``, bytes both ways, until told to misbehave
 - ``drop()``: every current connection is closed on both sides (FIN);
 - ``reset()``: every current connection is reset on both sides (RST, ``SO_LINGER`` 0);
 - ``block()``: new connections are reset as soon as they are accepted (never forwarded);
-- ``heal()``: every fault above is lifted (a connection closed by one side while stalled is
-  then closed on the other side too, as the end of a half-open connection).
+- ``heal()``: every fault above is lifted. A connection that was stalled is reset on both
+  sides then: it lost bytes, and a TCP stream never resumes with a hole in it (a real network
+  either delivers every byte late or the connection dies), so it must not carry on.
 
 Each command takes effect in the proxy's thread and returns once it has (so a test knows
 that what it sends next meets the fault). ``close()`` closes every socket and joins the
@@ -109,7 +110,7 @@ class _Pipe:
 
     def due(self, now: float) -> float | None:
         """When the next write may happen (``now`` or earlier: at once), None if nothing to do."""
-        if self.faults.stalled or self.fin_sent:
+        if self.faults.stalled or self.fin_sent or self.dead:
             return None
         if not self.chunks:
             return now if self.eof else None
@@ -131,6 +132,7 @@ class _Link:
         self.connect_deadline = time.monotonic() + _CONNECT_TIMEOUT
         self.forward = _Pipe(down, up, forward)
         self.backward = _Pipe(up, down, backward)
+        self.broken = False  # stalled once: it never forwards again, and heal resets it
 
     @property
     def pipes(self) -> tuple[_Pipe, _Pipe]:
@@ -199,17 +201,17 @@ class FaultProxy:
         self._call(apply)
 
     def stall(self, direction: Direction = "both") -> None:
-        """Half-open: read and swallow every byte, forward nothing (not even a FIN)."""
+        """Half-open: read and swallow every byte, forward nothing (not even a FIN).
+
+        The connections open now and accepted until ``heal()`` are broken for good: they
+        swallow both ways until a node closes them, and ``heal()`` resets them.
+        """
 
         def apply() -> None:
             for faults in self._directions(direction):
                 faults.stalled = True
             for link in self._links:
-                for pipe in link.pipes:
-                    if pipe.faults.stalled:
-                        self._stats.swallowed += pipe.size
-                        pipe.chunks.clear()
-                        pipe.size = 0
+                self._break(link)
 
         self._call(apply)
 
@@ -250,17 +252,18 @@ class FaultProxy:
             self.reset()
 
     def heal(self) -> None:
-        """Lift every fault; close the other end of connections a node closed while stalled."""
+        """Lift every fault; reset the connections that were stalled (they lost bytes)."""
 
         def apply() -> None:
             self._forward = _Faults()
             self._backward = _Faults()
             self._blocked = False
             for link in list(self._links):
-                link.forward.faults = self._forward
-                link.backward.faults = self._backward
-                if any(pipe.dead for pipe in link.pipes):
-                    self._finish(link, _close)
+                if link.broken:
+                    self._finish(link, _reset)
+                else:
+                    link.forward.faults = self._forward
+                    link.backward.faults = self._backward
 
         self._call(apply)
 
@@ -383,6 +386,7 @@ class FaultProxy:
                 _reset(down)
                 continue
             link = _Link(down, up, self._forward, self._backward)
+            self._break(link)
             self._links.append(link)
             self._stats.active += 1
 
@@ -518,6 +522,18 @@ class FaultProxy:
             if link.connecting and now >= link.connect_deadline:
                 self._stats.refused += 1
                 self._finish(link, _reset)
+
+    def _break(self, link: _Link) -> None:
+        """Mark ``link`` broken for good if a direction of it is stalled; drop what it holds."""
+        for pipe in link.pipes:
+            if pipe.faults.stalled:
+                link.broken = True
+                self._stats.swallowed += pipe.size
+                pipe.chunks.clear()
+                pipe.size = 0
+        if link.broken:  # both directions swallow from now on, whatever heal() does
+            stalled = _Faults(stalled=True)
+            link.forward.faults = link.backward.faults = stalled
 
     def _close_links(self, how: Callable[[socket.socket], None]) -> int:
         links = list(self._links)

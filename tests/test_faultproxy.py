@@ -191,7 +191,7 @@ def test_a_reset_from_one_side_is_passed_on(proxy: FaultProxy, target: Target) -
 
 
 def test_stall_swallows_bytes_and_the_fin(proxy: FaultProxy, target: Target) -> None:
-    """A stalled link reads and swallows bytes and a FIN (half-open); heal closes the rest."""
+    """A stalled link reads and swallows bytes and a FIN (half-open); heal resets the rest."""
     client, server = connect(proxy, target)
     proxy.stall()
     client.sendall(b"lost" * 1000)
@@ -204,18 +204,26 @@ def test_stall_swallows_bytes_and_the_fin(proxy: FaultProxy, target: Target) -> 
     assert nothing_to_read(server)
     server.sendall(b"still swallowed")  # the server's end is still open: it can send
     proxy.heal()
-    assert recv_end(server) == "eof"  # the half-open connection ends once healed
+    assert recv_end(server) == "reset"  # the half-open connection ends once healed
 
 
-def test_stall_then_heal_forwards_only_later_bytes(proxy: FaultProxy, target: Target) -> None:
-    """Bytes sent while stalled are gone for good; bytes sent after heal arrive."""
+def test_a_stalled_connection_never_resumes(proxy: FaultProxy, target: Target) -> None:
+    """A connection that lost bytes to a stall is reset on heal, never resumed with a hole in
+    its stream (even when only one direction was stalled); new connections work again."""
     client, server = connect(proxy, target)
-    proxy.stall()
+    proxy.stall(direction="forward")
     client.sendall(b"swallowed")
     wait_until(lambda: proxy.stats().swallowed >= 9, 5.0, "the proxy to swallow the bytes")
+    server.sendall(b"also swallowed: the connection is broken")
+    wait_until(lambda: proxy.stats().swallowed >= 49, 5.0, "the other direction to be swallowed")
+    during = dial(proxy.port)  # accepted while stalled: broken too
+    during_server = target.accept()
     proxy.heal()
-    client.sendall(b"after")
-    assert recv_exactly(server, 5) == b"after"
+    assert recv_end(server) == "reset"
+    assert recv_end(client) == "reset"
+    assert recv_end(during) == "reset"
+    assert recv_end(during_server) == "reset"
+    connect(proxy, target)
 
 
 def test_pause_makes_the_sender_block_then_heal_delivers_all(
