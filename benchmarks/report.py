@@ -70,6 +70,7 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("p50_ms", "p50 ms", "{:.3f}"),
         ("p99_ms", "p99 ms", "{:.3f}"),
         ("max_ms", "max ms", "{:.3f}"),
+        ("sender_row_p50_ms", "sender's own row p50 ms", "{:.3f}"),
         ("sender_row_p99_ms", "sender's own row p99 ms", "{:.3f}"),
     ],
     "W3": [
@@ -85,9 +86,13 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("trades_per_s", "trades/s (burst)", "{:,.0f}"),
         ("p50_ms", "p50 ms (paced)", "{:.2f}"),
         ("p99_ms", "p99 ms (paced)", "{:.2f}"),
+        ("own_row_p99_ms", "p99 ms to own row (paced)", "{:.2f}"),
+        ("paced_cpu_us_per_trade", "mesh CPU us/trade (paced)", "{:,.0f}"),
     ],
     "W6": [
         ("mib_per_100k", "MiB per 100k", "{:.1f}"),
+        ("loaded_mib_per_100k", "loaded from store, MiB/100k", "{:.1f}"),
+        ("joined_mib_per_100k", "received by joining, MiB/100k", "{:.1f}"),
         ("empty_rss_mib", "empty node RSS MiB", "{:.1f}"),
     ],
 }
@@ -289,7 +294,7 @@ def markdown_table(results: dict[str, Any]) -> str:
 def svg(results: dict[str, Any]) -> str:
     """A bar per target: measured against the goal on a log scale (right of 1: met)."""
     items = checks(results)
-    width, left, right = 860, 250, 40
+    width, left, right = 1040, 230, 370
     bar_h, gap, top = 26, 18, 60
     height = top + len(items) * (bar_h + gap) + 50
     lo, hi = -2.0, 2.0  # log10 of headroom shown: 0.01x .. 100x
@@ -302,9 +307,11 @@ def svg(results: dict[str, Any]) -> str:
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}"'
         f' viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="13">',
         '<rect width="100%" height="100%" fill="white"/>',
-        f'<text x="{left}" y="22" font-size="15" font-weight="bold">Position Distributor:'
-        " each target, measured / goal (log scale; right of 1 = met)</text>",
-        f'<text x="{left}" y="42" fill="#555">{html.escape(results["started"])},'
+        '<text x="10" y="22" font-size="15" font-weight="bold">Position Distributor:'
+        " each target as headroom, how many times better than its goal"
+        " (log scale; right of 1x: met)"
+        "</text>",
+        f'<text x="10" y="42" fill="#555">{html.escape(results["started"])},'
         f" {results['machine']['nproc']} cores, medians of {results['settings']['runs']}"
         " run(s)</text>",
     ]
@@ -328,11 +335,8 @@ def svg(results: dict[str, Any]) -> str:
             f'<rect x="{min(x0, x1):.1f}" y="{y}" width="{abs(x1 - x0):.1f}" height="{bar_h}"'
             f' fill="{colour}" opacity="0.8"/>'
         )
-        anchor, tx = ("start", max(x0, x1) + 6) if check.met else ("end", min(x0, x1) - 6)
-        if not check.met and tx < left + 160:
-            anchor, tx = "start", x0 + 6
         parts.append(
-            f'<text x="{tx:.1f}" y="{y + bar_h * 0.7:.1f}" text-anchor="{anchor}"'
+            f'<text x="{max(x0, x1) + 6:.1f}" y="{y + bar_h * 0.7:.1f}"'
             f' font-size="11">{html.escape(check.text)}</text>'
         )
     parts.append("</svg>")

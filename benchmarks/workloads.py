@@ -51,8 +51,8 @@ class Settings:
     w4_peers: int = 4
     w5_nodes: int = 8
     w5_trades_per_node: int = 2_500
-    w5_rate: float = 800.0  # total trades/s of the paced latency phase
-    w5_seconds: float = 3.0
+    w5_rate: float = 200.0  # total trades/s of the paced latency phase
+    w5_seconds: float = 5.0
     w6_positions: int = 100_000
 
     @classmethod
@@ -422,7 +422,7 @@ def w5_fanout(settings: Settings, run: int) -> Metrics:
             expected[node.name].update(finals)
 
         # Paced latency.
-        latencies, paced_finals = _paced(nodes, settings.w5_rate, settings.w5_seconds)
+        latencies, own, paced_finals, cost = _paced(nodes, settings.w5_rate, settings.w5_seconds)
         for name in expected:
             expected[name].update(paced_finals)
         c.check_views(expected)
@@ -431,32 +431,39 @@ def w5_fanout(settings: Settings, run: int) -> Metrics:
         "trades_per_s": total / (t_done - t0),
         "elapsed_s": t_done - t0,
         **_latency_metrics(latencies),
+        **_latency_metrics(own, "own_row_"),
+        **cost,
         "paced_rate": settings.w5_rate,
         "latency_samples": len(latencies),
     }
 
 
-def _paced(nodes: list[NodeProc], rate: float, seconds: float) -> tuple[list[float], dict]:
+def _paced(
+    nodes: list[NodeProc], rate: float, seconds: float
+) -> tuple[list[float], list[float], dict[Key, float], Metrics]:
     """Trades of 1 at ``rate`` per second in total, round robin over the nodes; for each
     trade and each other node, the time from the line written to that node's row showing it."""
     count = int(rate * seconds)
     symbols = [f"PACE{i:02d}" for i in range(20)]
     written: dict[Key, list[float]] = {}  # key -> write time of its 1st, 2nd... trade
     samples: list[float] = []
+    own: list[float] = []  # to the trading node's own row (stored, sent, printed)
     lock = threading.Lock()
 
     def tracker(node: NodeProc) -> Callable[[float, Key, float], None]:
         seen: dict[Key, int] = {}
 
         def on_row(t: float, key: Key, net: float) -> None:
-            if key[0] == node.name or not key[1].startswith("PACE"):
+            if not key[1].startswith("PACE"):
                 return
             reached = int(net)
             last = seen.get(key, 0)
             if reached > last:
                 times = written[key]
                 with lock:
-                    samples.extend(t - times[m] for m in range(last, reached))
+                    (own if key[0] == node.name else samples).extend(
+                        t - times[m] for m in range(last, reached)
+                    )
                 seen[key] = reached
 
         return on_row
@@ -474,6 +481,7 @@ def _paced(nodes: list[NodeProc], rate: float, seconds: float) -> tuple[list[flo
         node.hooks.append(hook)
     watches = [node.watch(finals) for node in nodes]
     interval = 1.0 / rate
+    cpu0 = sum(cpu_seconds(node.pid) for node in nodes)
     t_start = time.perf_counter()
     for k, (node, key) in enumerate(plan):
         delay = t_start + k * interval - time.perf_counter()
@@ -481,14 +489,22 @@ def _paced(nodes: list[NodeProc], rate: float, seconds: float) -> tuple[list[flo
             time.sleep(delay)
         written[key].append(time.perf_counter())
         node.write(f"{key[1]} 1\n".encode())
-    wait_all(watches, 120, "every node to hold every paced trade")
+    t_done = wait_all(watches, 120, "every node to hold every paced trade")
+    cpu = sum(cpu_seconds(node.pid) for node in nodes) - cpu0
+    cost = {
+        "paced_cpu_cores": cpu / (t_done - t_start),
+        "paced_cpu_us_per_trade": cpu / count * 1e6,
+    }
     for node, hook, watch in zip(nodes, hooks, watches, strict=True):
         node.unhook(hook)
         node.unhook(watch.on_row)
     expected_samples = count * (len(nodes) - 1)
-    if len(samples) != expected_samples:
-        raise BenchError(f"paced phase: {len(samples)} latency samples, not {expected_samples}")
-    return samples, finals
+    if len(samples) != expected_samples or len(own) != count:
+        raise BenchError(
+            f"paced phase: {len(samples)} + {len(own)} latency samples,"
+            f" not {expected_samples} + {count}"
+        )
+    return samples, own, finals, cost
 
 
 def w6_footprint(settings: Settings, run: int) -> Metrics:
