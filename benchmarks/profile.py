@@ -19,12 +19,15 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import linecache
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -114,55 +117,120 @@ def _frame(frame: str, lines: bool) -> str:
     return f"{head} ({where.rsplit(':', 1)[0]})" if ":" in where else frame
 
 
-# Leaf frames that are a thread blocked on a lock, not running: py-spy's idle detection
-# misses some of these on a busy machine (a thread woken but not yet scheduled looks
-# running), so they are counted apart and left out of the percentages.
+# Leaf frames where a thread waits rather than runs: a lock (Condition.wait), or a line of
+# Python blocked in a C call that releases the GIL (recv, accept, a queue get, a stdin read,
+# sendall). py-spy's idle detection misses many of these on this VM (its threads blocked in
+# recv or read still sample as running), so without --gil they are counted apart and left out
+# of the shares: a thread's CPU (schedstat) is spread over its other samples.
 _WAITS = ("Condition.wait (threading.py)", "socket.accept (socket.py)", "Event.wait (")
+_BLOCKING = re.compile(
+    r"\.recv(_into)?\(|\.accept\(|\bget\((timeout=[^)]*)?\)|\.wait\(|\.join\(|for \w+ in"
+    r" \w*stdin|\.readline\(|\.read\(\)|sendall\(|select\(|\.sleep\("
+)
+_STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
 
-def summarize(
-    raw: Path, title: str, rate: int, seconds: float, cpu: dict[int, float], top: int = 14
-) -> str:
-    """Per thread: its CPU time, and the functions taking it (from the samples)."""
-    threads: dict[str, collections.Counter[tuple[str, ...]]] = collections.defaultdict(
+def _source(frame: str) -> str:
+    """The source line of a py-spy frame ``func (path:line)``, or ``""``."""
+    _, sep, where = frame.rpartition(" (")
+    path, _, line = where.rstrip(")").rpartition(":")
+    if not sep or not line.isdigit():
+        return ""
+    for base in (ROOT, _STDLIB):
+        text = linecache.getline(str(base / path), int(line))
+        if text:
+            return text.strip()
+    return ""
+
+
+def _waiting(frame: str) -> bool:
+    return _frame(frame, False).startswith(_WAITS) or bool(_BLOCKING.search(_source(frame)))
+
+
+def _threads(
+    raw: Path,
+) -> tuple[dict[str, collections.Counter[tuple[str, ...]]], dict[str, set[int]]]:
+    """Samples per thread kind (stacks without the thread frame) and the thread ids."""
+    by_tid: dict[str, collections.Counter[tuple[str, ...]]] = collections.defaultdict(
         collections.Counter
     )
-    tids: dict[str, set[int]] = collections.defaultdict(set)
+    names: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack:
             continue
         frames = stack.split(";")
-        head = frames[0]
-        tid_text, _, name = head.partition(": ")
-        # Collapse per-connection thread names (recv-127.0.0.1:40123) to their kind.
-        kind = name.split("-127.0.0.1")[0] or head
+        tid_text, _, name = frames[0].partition(": ")
+        by_tid[tid_text][tuple(frames[1:])] += int(count)
+        if name:
+            names[tid_text][name] += int(count)
+    # A thread is named after its most sampled name (the main thread is unnamed while it
+    # imports); per-connection names (recv-127.0.0.1:40123) are collapsed to their kind.
+    threads: dict[str, collections.Counter[tuple[str, ...]]] = collections.defaultdict(
+        collections.Counter
+    )
+    tids: dict[str, set[int]] = collections.defaultdict(set)
+    for tid_text, stacks in by_tid.items():
+        name = names[tid_text].most_common(1)[0][0] if names[tid_text] else tid_text
+        kind = name.split("-127.0.0.1")[0]
+        threads[kind].update(stacks)
         with contextlib.suppress(ValueError):
             tids[kind].add(int(tid_text.removeprefix("thread (").removesuffix(")"), 0))
-        threads[kind][tuple(frames[1:])] += int(count)
+    return threads, tids
+
+
+def summarize(
+    raw: Path,
+    title: str,
+    rate: int,
+    seconds: float,
+    cpu: dict[int, float],
+    *,
+    gil: bool = False,
+    top: int = 14,
+) -> str:
+    """Per thread: its CPU time (schedstat), and the functions taking it (from the samples).
+
+    Without ``gil``, a thread's share of the process is its share of the CPU time, spread
+    over its running samples. With ``gil``, only the GIL holder was sampled, so shares are
+    of the process's GIL-held time: the serial part that bounds a Python process.
+    """
+    threads, tids = _threads(raw)
     thread_cpu = {kind: sum(cpu.get(t, 0.0) for t in ts) for kind, ts in tids.items()}
     process_cpu = sum(cpu.values())
-    unnamed = process_cpu - sum(thread_cpu.values())
+    total_samples = sum(sum(c.values()) for c in threads.values())
     out = [
         f"{title}: {process_cpu:.2f} s of CPU over {seconds:.2f} s"
         f" ({process_cpu / seconds * 100:.0f}% of a core), from schedstat",
     ]
-    if unnamed > 0.01:
-        out.append(f"  ({unnamed:.2f} s in threads py-spy never saw running)")
-    for name, stacks in sorted(threads.items(), key=lambda kv: -thread_cpu.get(kv[0], 0.0)):
-        running = {
-            f: c for f, c in stacks.items() if f and not _frame(f[-1], False).startswith(_WAITS)
-        }
-        waits = sum(stacks.values()) - sum(running.values())
-        n = sum(running.values())
-        t_cpu = thread_cpu.get(name, 0.0)
-        share = t_cpu / process_cpu if process_cpu else 0.0
+    if gil:
         out.append(
-            f"\n  thread {name}: {t_cpu:.2f} s of CPU = {share * 100:.1f}% of the process"
-            f" ({t_cpu / seconds * 100:.0f}% of a core); {n} samples running"
-            + (f", {waits} more blocked on a lock (left out)" if waits else "")
+            f"  GIL held {total_samples / rate:.2f} s ({total_samples} samples):"
+            f" {total_samples / rate / seconds * 100:.0f}% of the time"
         )
-        if not n:
+    order = sorted(threads.items(), key=lambda kv: -thread_cpu.get(kv[0], 0.0))
+    for name, stacks in order:
+        t_cpu = thread_cpu.get(name, 0.0)
+        if gil:
+            running = {f: c for f, c in stacks.items() if f}
+            n = sum(running.values())
+            share = n / total_samples if total_samples else 0.0
+            out.append(
+                f"\n  thread {name}: {t_cpu:.2f} s of CPU ({t_cpu / seconds * 100:.0f}% of a"
+                f" core), of which {n / rate:.2f} s holding the GIL = {share * 100:.1f}% of the"
+                " process's GIL time"
+            )
+        else:
+            running = {f: c for f, c in stacks.items() if f and not _waiting(f[-1])}
+            waits = sum(stacks.values()) - sum(running.values())
+            n = sum(running.values())
+            share = t_cpu / process_cpu if process_cpu else 0.0
+            out.append(
+                f"\n  thread {name}: {t_cpu:.2f} s of CPU = {share * 100:.1f}% of the process"
+                f" ({t_cpu / seconds * 100:.0f}% of a core); {n} samples running"
+                + (f", {waits} more waiting (lock or blocking call; left out)" if waits else "")
+            )
+        if not n or share < 0.01:
             continue
         self_fn: collections.Counter[str] = collections.Counter()
         self_line: collections.Counter[str] = collections.Counter()
@@ -188,8 +256,8 @@ def summarize(
         for fn, count in self_fn.most_common(top):
             out.append(f"      {pct(count)}  {fn}")
         out.append("    hottest lines:")
-        for fn, count in self_line.most_common(6):
-            out.append(f"      {pct(count)}  {fn}")
+        for fn, count in self_line.most_common(8):
+            out.append(f"      {pct(count)}  {fn}  | {_source(fn)[:60]}")
     return "\n".join(out)
 
 
@@ -293,7 +361,9 @@ def _report(head: str, recorders: dict[str, Recorder], args: argparse.Namespace)
     mode = "GIL holder only (--gil)" if args.gil else "running threads only (idle left out)"
     parts = [head, f"py-spy at {args.rate} Hz, {mode}; % are of each process's samples", ""]
     for role, rec in recorders.items():
-        parts.append(summarize(rec.out, role.upper(), args.rate, rec.elapsed, rec.cpu))
+        parts.append(
+            summarize(rec.out, role.upper(), args.rate, rec.elapsed, rec.cpu, gil=args.gil)
+        )
         parts.append("")
     return "\n".join(parts)
 

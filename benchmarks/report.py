@@ -72,10 +72,13 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("max_ms", "max ms", "{:.3f}"),
         ("sender_row_p50_ms", "sender's own row p50 ms", "{:.3f}"),
         ("sender_row_p99_ms", "sender's own row p99 ms", "{:.3f}"),
+        ("sender_cpu_us", "sender CPU us/trade", "{:.0f}"),
+        ("receiver_cpu_us", "receiver CPU us/trade", "{:.0f}"),
     ],
     "W3": [
         ("join_s", "join s", "{:.3f}"),
         ("spawn_to_dial_s", "of which spawn to dial, s", "{:.3f}"),
+        ("first_row_s", "spawn to first row, s", "{:.3f}"),
         ("load_from_store_s", "holder's load from store, s", "{:.3f}"),
     ],
     "W4": [
@@ -140,9 +143,10 @@ def checks(results: dict[str, Any]) -> list[Check]:
                 f"{value:,.0f} trades/s = {ratio:.3f} x pipe ({pipe:,.0f}/s); target >= 0.5 x",
             )
         )
+    joined = results["settings"].get("w3_positions", 100_000)
     for key, metric, label, goal, unit in [
         ("W2", "p99_ms", "W2 latency p99", 1.0, "ms"),
-        ("W3", "join_s", "W3 join of 100k", 2.0, "s"),
+        ("W3", "join_s", f"W3 join of {joined:,} positions", 2.0, "s"),
         ("W4", "hub_cpu_pct", "W4 idle CPU", 0.5, "% of a core"),
         ("W6", "mib_per_100k", "W6 RSS per 100k", 50.0, "MiB"),
     ]:

@@ -274,16 +274,26 @@ def w1_throughput(settings: Settings, run: int) -> Metrics:
 def w2_latency(settings: Settings, run: int) -> Metrics:
     """One trade at a time, typed into strategy_1; time to strategy_2's row (and, as a
     breakdown, to strategy_1's own row)."""
+    samples = settings.w2_samples
     with Cluster("w2") as c:
         a, b, expected = _pair(c)
         own: list[float] = []
-        latencies = _one_at_a_time(a, b, "strategy_1", settings.w2_samples, settings.w2_gap, a, own)
-        lat_nets = {k: net for k, (net, _) in b.view.items() if k[1].startswith("LAT")}
+        cpu_a, cpu_b = cpu_seconds(a.pid), cpu_seconds(b.pid)
+        latencies = _one_at_a_time(a, b, "strategy_1", samples, settings.w2_gap, a, own)
+        cpu_a, cpu_b = cpu_seconds(a.pid) - cpu_a, cpu_seconds(b.pid) - cpu_b
+        with b.cond:
+            lat_nets = {k: net for k, (net, _) in b.view.items() if k[1].startswith("LAT")}
         for name in expected:
             expected[name].update(lat_nets)
         c.check_views(expected)
         c.stop_and_check_stores(expected)
-    return {**_latency_metrics(latencies), **_latency_metrics(own, "sender_row_")}
+    return {
+        **_latency_metrics(latencies),
+        **_latency_metrics(own, "sender_row_"),
+        # A trade alone pays every fixed cost (wake-ups, a transaction, syscalls) by itself.
+        "sender_cpu_us": cpu_a / samples * 1e6,
+        "receiver_cpu_us": cpu_b / samples * 1e6,
+    }
 
 
 def _prepare_store(data_dir: Path, name: str, count: int) -> dict[Key, float]:
@@ -338,6 +348,8 @@ def w3_join(settings: Settings, run: int) -> Metrics:
         a, held, t_loaded = _loaded_node(c, count)
         b = c.node("strategy_2", [a], start=False)
         joined = b.watch(held)
+        first: list[float] = []
+        b.hooks.append(lambda t, key, net: first.append(t) if not first else None)
         b.start()
         t_join = joined.wait(300, f"strategy_2 to receive {count} positions") - b.started_at
         expected = {a.name: held, b.name: held}
@@ -347,6 +359,7 @@ def w3_join(settings: Settings, run: int) -> Metrics:
         "join_s": t_join,
         "spawn_to_dial_s": startup,
         "join_after_dial_s": t_join - startup,
+        "first_row_s": first[0] - b.started_at,
         "load_from_store_s": t_loaded,
         "positions": count,
     }
