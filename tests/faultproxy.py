@@ -147,12 +147,24 @@ class FaultProxy:
     """Forwards ``127.0.0.1:port`` to ``127.0.0.1:target_port``, with faults on command."""
 
     def __init__(
-        self, target_port: int, *, name: str = "", port: int = 0, max_buffer: int = 256 * 1024
+        self,
+        target_port: int,
+        *,
+        name: str = "",
+        port: int = 0,
+        max_buffer: int = 256 * 1024,
+        rcvbuf: int | None = None,
     ) -> None:
+        """``max_buffer``: bytes held per direction before the proxy stops reading;
+        ``rcvbuf``: a small ``SO_RCVBUF`` for both of its sockets, so a ``pause()`` pushes
+        back on the sender after a few KiB instead of the kernel's default MiBs."""
         self.target_port = target_port
         self.name = name or f"->{target_port}"
         self.max_buffer = max_buffer
+        self.rcvbuf = rcvbuf
         self._listener = socket.create_server((_HOST, port), backlog=128)
+        if rcvbuf is not None:  # inherited by accepted sockets
+            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self._listener.setblocking(False)
         self.port: int = self._listener.getsockname()[1]
         self._wake_r, self._wake_w = socket.socketpair()
@@ -378,6 +390,8 @@ class FaultProxy:
                 continue
             down.setblocking(False)
             up = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            if self.rcvbuf is not None:
+                up.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
             up.setblocking(False)
             code = up.connect_ex((_HOST, self.target_port))
             if code not in (0, errno.EINPROGRESS):

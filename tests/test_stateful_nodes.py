@@ -1,0 +1,276 @@
+"""A hypothesis state machine of whole in-process nodes (real threads, real sockets, proxies).
+
+Three ``Node``s in a full mesh, every link through a ``FaultProxy``. Rules: trade, disconnect
+a link (drop or reset), kill a node, restart it with its store or with its store deleted,
+partition the mesh, heal it. The model is the sum of acknowledged trades per node and symbol
+(a trade's future resolved: committed). Checked: each trade's resulting position is the model
+plus the trade (nothing acknowledged was lost, even across a lost store); every running node's
+own positions equal the model at every step; and after healing, every node's whole view
+equals the model.
+
+"Kill" is as close to a crash as the in-process API allows: every link of the node is blocked
+and reset first (so nothing it flushes on the way out reaches anyone), then ``stop()``. Trades
+are acknowledged before the next step, so no trade is in flight at a kill.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Literal
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from position_distributor.node import Config, Node
+from position_distributor.peer import Limits
+from position_distributor.types import Position
+
+from .faultproxy import ProxyMesh
+from .procs import free_port
+from .waiting import wait_until
+
+NAMES = ("n1", "n2", "n3")
+SYMBOLS = ("AAPL", "7203")
+ACK_TIMEOUT = 15.0  # a trade on a node recovering from a lost store waits for its peers
+CONVERGE_TIMEOUT = 20.0
+LIMITS = Limits(
+    heartbeat_interval=0.1,
+    idle_timeout=0.6,
+    hello_timeout=1.0,
+    connect_timeout=1.0,
+    backoff_min=0.02,
+    backoff_max=0.2,
+)
+_LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
+
+Cut = Literal["reset", "drop", "stall"]
+
+
+class NodesMachine(RuleBasedStateMachine):
+    """Whole nodes under trades, link faults, crashes, lost stores and partitions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads_before = set(threading.enumerate())
+        self.root = Path(tempfile.mkdtemp(prefix="stateful-nodes-"))
+        ports = {name: free_port() for name in NAMES}
+        self.mesh = ProxyMesh.full(ports)
+        self.configs = {
+            name: Config(
+                name,
+                port=ports[name],
+                peers=tuple(("127.0.0.1", p) for p in self.mesh.peers_of(name)),
+                data_dir=self.root / name,
+                recovery_timeout=10.0,
+                limits=LIMITS,
+            )
+            for name in NAMES
+        }
+        self.nodes: dict[str, Node | None] = dict.fromkeys(NAMES)
+        self.model: dict[str, dict[str, float]] = {name: {} for name in NAMES}
+        self.partition: tuple[frozenset[str], Cut] | None = None
+
+    @initialize()
+    def start_everyone(self) -> None:
+        for name in NAMES:
+            self._start(name)
+
+    # Rules.
+
+    @rule(data=st.data(), symbol=st.sampled_from(SYMBOLS), qty=st.integers(-50, 50))
+    def trade(self, data: st.DataObject, symbol: str, qty: int) -> None:
+        if qty == 0 or not self.running:
+            return
+        name = data.draw(st.sampled_from(self.running), label="node")
+        node = self.nodes[name]
+        assert node is not None
+        position = node.trade(symbol, qty).result(ACK_TIMEOUT)
+        expected = self.model[name].get(symbol, 0.0) + qty
+        assert position.net_position == expected, (
+            f"{name} {symbol} {qty:+}: position {position.net_position}, expected {expected}"
+            " (an acknowledged trade was lost)"
+        )
+        self.model[name][symbol] = expected
+
+    @rule(data=st.data(), how=st.sampled_from(["drop", "reset"]))
+    def disconnect(self, data: st.DataObject, how: str) -> None:
+        link = data.draw(st.sampled_from(sorted(self.mesh.proxies)), label="link")
+        proxy = self.mesh.proxies[link]
+        proxy.drop() if how == "drop" else proxy.reset()
+
+    @precondition(lambda self: len(self.running) > 1)
+    @rule(data=st.data())
+    def kill(self, data: st.DataObject) -> None:
+        self.kill_node(data.draw(st.sampled_from(self.running), label="node"))
+
+    @precondition(lambda self: len(self.running) < len(NAMES))
+    @rule(data=st.data())
+    def restart_with_store(self, data: st.DataObject) -> None:
+        name = data.draw(st.sampled_from(self.dead), label="node")
+        self._start(name)
+
+    @precondition(lambda self: len(self.running) == len(NAMES) - 1)
+    @rule()
+    def restart_without_store(self) -> None:
+        """Restart the dead node with its store deleted, if every other node holds its
+        positions (else a lost store would lose trades no peer has: not this rule's case)."""
+        (name,) = self.dead
+        if not all(self._holds(other, name) for other in self.running):
+            return
+        self._lose_store_and_recover(name)
+
+    @precondition(lambda self: len(self.running) == len(NAMES))
+    @rule(data=st.data())
+    def crash_and_lose_store(self, data: st.DataObject) -> None:
+        """Once every other node holds a node's positions, kill it, delete its store and
+        restart it: it must get every position back from its peers."""
+        name = data.draw(st.sampled_from(self.running), label="node")
+        self.heal()
+        for other in NAMES:
+            if other != name:
+                wait_until(
+                    lambda other=other: self._holds(other, name),
+                    CONVERGE_TIMEOUT,
+                    f"{other} to hold {name}'s positions",
+                )
+        self.kill_node(name)
+        self._lose_store_and_recover(name)
+
+    @rule(
+        side=st.frozensets(st.sampled_from(NAMES), min_size=1, max_size=len(NAMES) - 1),
+        how=st.sampled_from(["reset", "drop", "stall"]),
+    )
+    def partition_nodes(self, side: frozenset[str], how: Cut) -> None:
+        self.mesh.heal()
+        self.partition = (side, how)
+        self._apply_partition()
+
+    @rule()
+    def heal(self) -> None:
+        self.partition = None
+        self.mesh.heal()
+
+    @rule()
+    def heal_and_converge(self) -> None:
+        """Heal every link, start every dead node (with its store): every view converges."""
+        self.heal()
+        for name in self.dead:
+            self._start(name)
+        expected = {
+            (name, symbol): net for name, book in self.model.items() for symbol, net in book.items()
+        }
+        for name in NAMES:
+            node = self.nodes[name]
+            assert node is not None
+            wait_until(
+                lambda node=node: _nets(node.positions()) == expected,
+                CONVERGE_TIMEOUT,
+                f"{name}'s view to converge to {expected}",
+            )
+
+    # Invariants.
+
+    @invariant()
+    def own_positions_equal_the_model(self) -> None:
+        """A node's own positions change only by its own trades: always equal to the model."""
+        for name in self.running:
+            node = self.nodes[name]
+            assert node is not None
+            assert {sym: net for (_, sym), net in self._view_of(node, name).items()} == (
+                self.model[name]
+            ), f"{name}'s own positions differ from the model"
+
+    # Helpers.
+
+    def kill_node(self, name: str) -> None:
+        """As close to a crash as in-process allows: block and reset its links, then stop."""
+        node = self.nodes[name]
+        assert node is not None
+        for proxy in self.mesh.touching(name):
+            proxy.block()
+            proxy.reset()
+        node.stop()
+        self.nodes[name] = None
+        self._apply_partition()
+
+    def _lose_store_and_recover(self, name: str) -> None:
+        self.heal()
+        expected = self._own_view(name)
+        shutil.rmtree(self.configs[name].data_dir)
+        node = self._start(name)
+        wait_until(lambda: not node.recovering, CONVERGE_TIMEOUT, f"{name} to recover")
+        assert self._view_of(node, name) == expected, f"{name} did not recover its positions"
+
+    def _holds(self, holder: str, owner: str) -> bool:
+        """Whether node ``holder`` is running and holds every position of ``owner``."""
+        node = self.nodes[holder]
+        return node is not None and self._view_of(node, owner) == self._own_view(owner)
+
+    @property
+    def running(self) -> list[str]:
+        return [name for name in NAMES if self.nodes[name] is not None]
+
+    @property
+    def dead(self) -> list[str]:
+        return [name for name in NAMES if self.nodes[name] is None]
+
+    def _start(self, name: str) -> Node:
+        """Start ``name`` on its port; its links follow the current partition."""
+        for proxy in self.mesh.touching(name):
+            proxy.heal()
+        self._apply_partition()
+        node = Node(self.configs[name]).start()
+        self.nodes[name] = node
+        return node
+
+    def _apply_partition(self) -> None:
+        if self.partition is None:
+            return
+        side, how = self.partition
+        for proxy in self.mesh.between(side, set(NAMES) - side):
+            proxy.cut(how=how)
+
+    def _own_view(self, name: str) -> dict[tuple[str, str], float]:
+        return {(name, symbol): net for symbol, net in self.model[name].items()}
+
+    @staticmethod
+    def _view_of(node: Node, strategy: str) -> dict[tuple[str, str], float]:
+        return {k: v for k, v in _nets(node.positions()).items() if k[0] == strategy}
+
+    def teardown(self) -> None:
+        try:
+            for node in self.nodes.values():
+                if node is not None:
+                    node.stop()
+        finally:
+            self.mesh.close()
+            shutil.rmtree(self.root, ignore_errors=True)
+        leaked = [t for t in threading.enumerate() if t not in self.threads_before and t.is_alive()]
+        deadline = time.monotonic() + 5.0
+        while leaked and time.monotonic() < deadline:  # janus/loop threads end on their own
+            leaked[0].join(max(0.0, deadline - time.monotonic()))
+            leaked = [t for t in leaked if t.is_alive()]
+        assert not leaked, f"threads still alive: {[t.name for t in leaked]}"
+
+
+def _nets(positions: list[Position]) -> dict[tuple[str, str], float]:
+    return {(p.strategy, p.symbol): p.net_position for p in positions}
+
+
+NodesMachine.TestCase.settings = settings(
+    max_examples=int(os.environ.get("STATEFUL_NODES_EXAMPLES", 200 if _LONG else 25)),
+    stateful_step_count=40 if _LONG else 30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+TestNodesMachine = NodesMachine.TestCase
+TestNodesMachine.__doc__ = (
+    "Under trades, link faults, crashes, lost stores and partitions, every node agrees with"
+    " the model of acknowledged trades once healed."
+)
