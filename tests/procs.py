@@ -151,8 +151,10 @@ class NodeProcess:
         self.heartbeat = heartbeat
         self.extra_args = list(args)
         self.env = env
+        self.cluster: Cluster | None = None  # to describe every node when a wait fails
         self.proc: subprocess.Popen[str] | None = None
         self.started_at = 0.0  # time.monotonic() of the last start()
+        self._syncs = 0  # sync_stderr() calls, to make each marker unique
         # Condition guarding everything the stdout/stderr readers update.
         self._cond = threading.Condition()
         self.lines: list[str] = []
@@ -253,6 +255,20 @@ class NodeProcess:
         self.proc.stdin.buffer.write(data)
         self.proc.stdin.buffer.flush()
 
+    def sync_stderr(self, timeout: float = 15.0) -> int:
+        """Make sure every stderr line the node wrote so far has been read; return the count.
+
+        stdout and stderr are read by two threads, so a row seen on stdout says nothing about
+        the stderr lines written before it. This types a line the console refuses, unique to
+        this call, and waits for its ``error:`` line: everything written before is read.
+        """
+        self._syncs += 1
+        marker = f"sync-marker-{self._syncs}"
+        self.type(marker)
+        self.wait_for_log(f"'{marker}'", timeout)
+        with self._cond:
+            return next(i for i, line in enumerate(self.errors) if f"'{marker}'" in line)
+
     def mark(self) -> Mark:
         """Where stdout and stderr are now, to look only at what comes after."""
         with self._cond:
@@ -287,12 +303,26 @@ class NodeProcess:
                     return result
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise AssertionError(
-                        f"{self.name}: timed out after {timeout}s waiting for {what}\n"
-                        f"view={self.view}\nstdout tail:\n{''.join(self.lines[-10:])}"
-                        f"stderr tail:\n{''.join(self.errors[-30:])}"
-                    )
+                    break
                 self._cond.wait(min(remaining, 0.5))
+        others = [n for n in (self.cluster.nodes.values() if self.cluster else ()) if n is not self]
+        raise AssertionError(
+            f"{self.name}: timed out after {timeout}s waiting for {what}\n{self.describe()}"
+            + "".join(f"\n--- and {node.name}:\n{node.describe()}" for node in others)
+        )
+
+    def describe(self, lines: int = 30) -> str:
+        """State, view and output tails, for a failure message."""
+        state = "not started"
+        if self.proc is not None:
+            code = self.proc.poll()
+            state = f"pid {self.proc.pid}, " + ("running" if code is None else f"exit {code}")
+        with self._cond:
+            return (
+                f"{self.name} on port {self.port}, peers {self.peers}: {state}\n"
+                f"view={self.view}\nstdout tail:\n{''.join(self.lines[-10:])}"
+                f"stderr tail:\n{''.join(self.errors[-lines:])}"
+            )
 
     def wait_for_log(self, text: str, timeout: float = 15.0, start: int = 0) -> str:
         """Wait until a stderr line (from index ``start`` on) contains ``text``."""
@@ -429,6 +459,7 @@ class Cluster:
             data_dir=kwargs.pop("data_dir", self.data_root / name),
             **kwargs,
         )
+        node.cluster = self
         self.nodes[name] = node
         return node.start() if start else node
 

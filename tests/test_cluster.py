@@ -131,6 +131,7 @@ def test_lost_store_is_recovered_from_peers_before_trading(cluster: Cluster, vic
         assert_same_rows(*nodes)
     recovered = node.rows()
     assert (victim, "AAPL", 100.0, before[(victim, "AAPL")][1]) in recovered, recovered
+    node.sync_stderr()
     assert not node.log_lines("recovery timeout")
 
 

@@ -79,10 +79,12 @@ def assert_unharmed(pair: Pair, *hostile: HostilePeer) -> None:
         assert printed == [(A, "AAPL", 101.0), (B, "MSFT", 51.0)], (
             f"{node.name} printed more than the two real trades: {printed}"
         )
-    noise = [line for line in b.errors_since(mark_b.err) if re.search(r"WARNING|ERROR|CRITI", line)]
+    # Everything either node logged until now, read in full (stderr has its own reader).
+    b_log = b.errors_since(mark_b.err)[: b.sync_stderr() - mark_b.err]
+    a_log = a.errors_since(mark_a.err)[: a.sync_stderr() - mark_a.err]
+    noise = [line for line in b_log if re.search(r"WARNING|ERROR|CRITI", line)]
     assert not noise, f"the real peer noticed something: {noise}"
-    assert not b.log_lines("connected to", mark_b.err), "the real peer had to reconnect"
-    a_log = a.errors_since(mark_a.err)
+    assert not [line for line in b_log if "connected to" in line], "the real peer reconnected"
     about_b = [line for line in a_log if re.search(f"(connected to|connection with) {B} ", line)]
     assert not about_b, f"A's connection with B changed: {about_b}"
     assert not [line for line in a_log if re.search(r"ERROR|CRITICAL|Traceback", line)], a_log
@@ -200,11 +202,6 @@ def test_silent_peer_is_closed_after_the_hello_timeout(pair: Pair) -> None:
     assert_unharmed(pair, peer)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the Hello timeout restarts at every recv, so a peer trickling one byte a"
-    " second holds a connection (and two threads) forever without sending a Hello",
-)
 def test_trickling_peer_is_closed_after_the_hello_timeout(pair: Pair) -> None:
     """A peer that sends one byte a second and never completes its Hello is closed in time."""
     with HostilePeer(pair.a.port) as peer:
@@ -242,7 +239,8 @@ def test_reset_with_data_in_flight(pair: Pair) -> None:
         a.type("TSLA 1")
         a.wait_until(lambda n: n.view[(A, "TSLA")][0] == 51.0, what="TSLA 51 after the RST")
         closing_line(pair, peer, "reset|broken pipe")
-    assert len(a.log_lines(f" at {peer.label} ", mark.err)) == 1
+    a_log = a.errors_since(mark.err)[: a.sync_stderr() - mark.err]
+    assert len([line for line in a_log if f" at {peer.label} " in line]) == 1, a_log
     pair.b.wait_for_view({**START, (A, "TSLA"): 51.0})
     a.type("TSLA -51")  # back to a flat TSLA position, then the usual checks
     for node in (a, pair.b):

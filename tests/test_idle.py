@@ -41,4 +41,5 @@ def test_idle_node_with_a_connected_peer_uses_almost_no_cpu(
     for node, share in zip(nodes, shares, strict=True):
         assert share < MAX_SHARE, f"{node.name} used {share:.2%} of a core while idle"
     for node, at in zip(nodes, mark, strict=True):  # idle, not reconnecting
+        node.sync_stderr()
         assert node.alive and not node.log_lines("closed", at.err), node.errors_since(at.err)
