@@ -312,9 +312,7 @@ def test_stop_is_idempotent_and_ends_every_thread(nodes: Nodes) -> None:
     """stop() twice is harmless; afterwards the node refuses use and no thread is left."""
     b, _ = nodes.start("beta")
     a, _ = nodes.start("alpha", peers=(b.port,))
-    a.trade("X", 1).result(timeout=5)
-    # Connected first: stopping mid-dial hits the bug xfailed in test_peer.py.
-    wait_until(lambda: a.peers()[-1].state == "connected (dialled)", what="a connection")
+    a.trade("X", 1).result(timeout=5)  # the connection may still be coming up: stop anyway
 
     a.stop()
     a.stop()
