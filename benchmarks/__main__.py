@@ -4,6 +4,7 @@
     python -m benchmarks --quick         # 1 smaller run of each (a smoke test)
     python -m benchmarks --only W1,W2    # some workloads
     python -m benchmarks --runs 5
+    python -m benchmarks --render benchmarks/results/latest.json   # docs from saved results
 
 Runs go in rounds (baseline, then each workload once) so that the baseline is sampled over
 the same stretch of time as the workloads on a shared, noisy machine. Results go to
@@ -52,6 +53,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="update docs/performance.{md,svg} even for a partial run",
     )
     docs.add_argument("--no-docs", dest="docs", action="store_false", help="do not update the docs")
+    parser.add_argument(
+        "--render",
+        metavar="JSON",
+        type=Path,
+        help="run nothing: print the table of a results file and regenerate the docs from it",
+    )
     args = parser.parse_args(argv)
     if args.only:
         keys = [k.strip().upper() for k in args.only.split(",") if k.strip()]
@@ -89,6 +96,16 @@ def _attempt(label: str, fn: Any, *args: Any) -> tuple[dict[str, float] | None, 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    if args.render is not None:
+        results = json.loads(args.render.read_text())
+        _log(report.table(results))
+        if args.docs is not False:
+            PLOT.write_text(report.svg(results))
+            _update_doc(report.markdown_table(results))
+            _log(
+                f"updated {PLOT.relative_to(ROOT)} and the results table of {DOC.relative_to(ROOT)}"
+            )
+        return 0
     settings = Settings.quick() if args.quick else Settings()
     if args.runs is not None:
         settings = dataclasses.replace(settings, runs=args.runs)

@@ -79,6 +79,8 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("join_s", "join s", "{:.3f}"),
         ("spawn_to_dial_s", "of which spawn to dial, s", "{:.3f}"),
         ("first_row_s", "spawn to first row, s", "{:.3f}"),
+        ("joiner_cpu_s", "joiner CPU s (from spawn)", "{:.3f}"),
+        ("holder_cpu_s", "holder CPU s (during join)", "{:.3f}"),
         ("load_from_store_s", "holder's load from store, s", "{:.3f}"),
     ],
     "W4": [
@@ -253,13 +255,18 @@ def markdown_table(results: dict[str, Any]) -> str:
         "|---|---:|---:|---:|",
     ]
     base = results["baseline"]["summary"]
-    for mode, label in (
-        ("each", "one `sendall` per message, msgs/s"),
-        ("batched", "batched ~64 KiB writes, msgs/s"),
-    ):
-        s = base.get(mode, {}).get("msgs_per_s")
-        if s:
-            out.append(f"| {label} | {s['min']:,.0f} | {s['median']:,.0f} | {s['max']:,.0f} |")
+    for mode, label in (("each", "one `sendall` per message"), ("batched", "batched ~64 KiB")):
+        for metric, unit, fmt in (
+            ("msgs_per_s", "msgs/s", "{:,.0f}"),
+            ("sender_cpu_us", "sender CPU us/msg", "{:.2f}"),
+            ("receiver_cpu_us", "receiver CPU us/msg", "{:.2f}"),
+        ):
+            s = base.get(mode, {}).get(metric)
+            if s:
+                out.append(
+                    f"| {label}, {unit} | {_fmt(fmt, s['min'])} | {_fmt(fmt, s['median'])}"
+                    f" | {_fmt(fmt, s['max'])} |"
+                )
     lat = base.get("latency", {})
     for metric in ("p50_ms", "p99_ms", "max_ms"):
         s = lat.get(metric)

@@ -350,8 +350,11 @@ def w3_join(settings: Settings, run: int) -> Metrics:
         joined = b.watch(held)
         first: list[float] = []
         b.hooks.append(lambda t, key, net: first.append(t) if not first else None)
+        holder_cpu = cpu_seconds(a.pid)
         b.start()
         t_join = joined.wait(300, f"strategy_2 to receive {count} positions") - b.started_at
+        holder_cpu = cpu_seconds(a.pid) - holder_cpu
+        joiner_cpu = cpu_seconds(b.pid)  # all of it: the process started with the join
         expected = {a.name: held, b.name: held}
         c.check_views(expected)
         c.stop_and_check_stores(expected)
@@ -360,6 +363,8 @@ def w3_join(settings: Settings, run: int) -> Metrics:
         "spawn_to_dial_s": startup,
         "join_after_dial_s": t_join - startup,
         "first_row_s": first[0] - b.started_at,
+        "holder_cpu_s": holder_cpu,
+        "joiner_cpu_s": joiner_cpu,
         "load_from_store_s": t_loaded,
         "positions": count,
     }
