@@ -199,21 +199,6 @@ def main() -> None:
         "types.format_row (per row)",
         per_call(lambda: [format_row(p) for p in positions], BATCH),
     )
-    prefixes: dict[tuple[str, str], str] = {}
-
-    def cached_row(p: Position) -> str:
-        key = (p[0], p[1])
-        prefix = prefixes.get(key)
-        if prefix is None:
-            prefix = prefixes[key] = f"{p[0]} | {p[1]} | "
-        return f"{prefix}{p[2]:.6f} | {p[3]}"
-
-    add(
-        "both",
-        "proto: row with a cached 'strategy | symbol | ' prefix",
-        per_call(lambda: [cached_row(p) for p in positions], BATCH),
-    )
-    assert cached_row(positions[7]) == format_row(positions[7])
     add(
         "both",
         "Position(...) NamedTuple construction",
