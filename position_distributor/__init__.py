@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from .engine import TradeError
 from .node import Config, Node, NodeError, UpdatesOverflow
 from .peer import Limits, PeerStatus
 from .types import Position
 
-__all__ = ["Config", "Limits", "Node", "NodeError", "PeerStatus", "Position", "UpdatesOverflow"]
+__all__ = [
+    "Config",
+    "Limits",
+    "Node",
+    "NodeError",
+    "PeerStatus",
+    "Position",
+    "TradeError",
+    "UpdatesOverflow",
+]
 __version__ = "0.1.0"

@@ -9,7 +9,7 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import IO, NoReturn
@@ -47,6 +47,9 @@ exit status: 0 after a normal stop, 2 if the node could not start."""
 class _ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         """One line, no usage dump: say what was wrong and where to look."""
+        if message.startswith("the following arguments are required"):
+            # argparse also lists the optional HOST:PORT list here, which misleads.
+            message = "expected NAME PORT [HOST:PORT ...], e.g. strategy_1 12345"
         self.exit(2, f"{PROG}: error: {message} (see {PROG} --help)\n")
 
 
@@ -221,10 +224,25 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise _Stop
 
 
+MAX_LINE = 4096
+
+
+def _lines(stdin: IO[str], stderr: IO[str]) -> Iterator[str]:
+    """Console lines; an over-long line is reported and skipped, never held in memory."""
+    while line := stdin.readline(MAX_LINE):
+        if len(line) == MAX_LINE and not line.endswith("\n"):
+            while (rest := stdin.readline(MAX_LINE)) and not rest.endswith("\n"):
+                pass
+            stderr.write(f"error: line longer than {MAX_LINE} characters ignored\n")
+            stderr.flush()
+            continue
+        yield line
+
+
 def run_console(node: Node, stdin: IO[str], stderr: IO[str]) -> None:
     """Read commands until EOF, ``exit`` or ``quit``."""
     out = node.output
-    for line in stdin:
+    for line in _lines(stdin, stderr):
         try:
             command = parse_line(line)
         except ConsoleError as exc:

@@ -61,6 +61,10 @@ class Subscriber:
     def deliver(self, changes: list[Position]) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def close(self) -> None:  # pragma: no cover - interface
+        """The engine stopped: no change will be delivered any more."""
+        raise NotImplementedError
+
 
 class _Trade(NamedTuple):
     symbol: str
@@ -98,9 +102,10 @@ class Engine:
         self._publish_lock = threading.Lock()
         self._subscribers: tuple[Subscriber, ...] = ()
         self._trades: queue.Queue[_Trade | None] = queue.Queue(max_queue)
-        self._positions: queue.Queue[tuple[Connection, list[Any]] | None] = queue.Queue(1024)
+        self._positions: queue.Queue[tuple[Connection, list[Any]] | None] = queue.Queue(64)
         self._threads: list[threading.Thread] = []
-        self._stopping = False
+        self._stopping = False  # trades: apply what is queued, then end
+        self._closing = False  # positions: drop what arrives from now on
         # Recovery window (a store that has never had its own positions back).
         self.recovering = store.needs_recovery
         self._recovery_timeout = recovery_timeout
@@ -127,7 +132,11 @@ class Engine:
             self._threads.append(thread)
 
     def stop_trades(self) -> None:
-        """Apply the trades already queued, then stop the trade consumer."""
+        """Apply the trades already queued, then stop the trade consumer.
+
+        While recovering, queued trades are applied once recovery ends (at most the
+        recovery timeout); with none queued the consumer stops at once.
+        """
         with self._synced_cond:
             self._stopping = True
             self._synced_cond.notify_all()
@@ -140,12 +149,17 @@ class Engine:
             return
         if self._threads[0].is_alive():
             self.stop_trades()
+        self._closing = True
         self._positions.put(_STOP)
         self._threads[1].join()
-        # A reader blocked on a full queue is released by emptying it; it sees _stopping next.
+        # A reader blocked on a full queue is released by emptying it; it sees _closing next.
         with contextlib.suppress(queue.Empty):
             while True:
                 self._positions.get_nowait()
+        with self._publish_lock:
+            subscribers, self._subscribers = self._subscribers, ()
+        for subscriber in subscribers:
+            subscriber.close()
 
     # What the node is asked for.
 
@@ -202,7 +216,7 @@ class Engine:
         logger.debug("sent {} own and {} echoed positions to {}", len(own), len(echo), other)
 
     def _on_message(self, conn: Connection, messages: list[Any]) -> None:
-        if not self._stopping:
+        if not self._closing:
             self._positions.put((conn, messages))
 
     # Consumer threads.
@@ -211,8 +225,7 @@ class Engine:
         """Trade consumer: hold trades while recovering, then apply them in batches."""
         try:
             if self.recovering and not self._await_recovery():
-                self._drop_held_trades()
-                return
+                return  # stopping, and not a trade was waiting
             for batch in self._batches(self._trades):
                 self._apply_trades(batch)
         except Exception:  # a safety net: this branch should never run
@@ -345,21 +358,11 @@ class Engine:
                 self._first_sync_at = time.monotonic()
             self._synced_cond.notify_all()
 
-    def _drop_held_trades(self) -> None:
-        """The node stops while recovering: trades held were never applied, so never acked."""
-        dropped = 0
-        for batch in self._batches(self._trades):
-            for trade in batch:
-                dropped += 1
-                if trade.future is not None:
-                    trade.future.set_exception(TradeError("node stopped while recovering"))
-        if dropped:
-            logger.warning("{} trade(s) held during recovery were not applied", dropped)
-
     def _await_recovery(self) -> bool:
         """Hold trades until the peers have synced our own positions back, or time runs out.
 
-        Returns False if the node is stopping instead.
+        Returns False if the node is stopping with no trade waiting (then there is nothing to
+        recover for); a stop with trades waiting still waits, so they apply on what is known.
         """
         expected = self._expected_peers
         logger.warning(
@@ -370,7 +373,9 @@ class Engine:
         )
         deadline = time.monotonic() + self._recovery_timeout
         with self._synced_cond:
-            while not self._stopping:
+            while True:
+                if self._stopping and self._trades.qsize() <= 1:  # only the stop sentinel
+                    break
                 now = time.monotonic()
                 if expected and len(self._synced) >= expected:
                     break
@@ -381,9 +386,8 @@ class Engine:
                     break
                 self._synced_cond.wait(wait)
             synced = sorted(self._synced)
-            stopping = self._stopping
-        if stopping:
-            return False
+            if self._stopping and self._trades.qsize() <= 1:
+                return False
         with self._book_lock:
             own = self._book.count(self.name)
         if synced:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import os
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import Future
@@ -61,6 +62,10 @@ class Config:
             raise NodeError("recovery timeout must not be negative")
 
 
+_END = None  # the node stopped: the iterator ends
+_OVERFLOW = "overflow"  # the consumer fell too far behind
+
+
 class _Updates(Subscriber):
     """Bridges applied changes from engine threads to one asyncio consumer, bounded."""
 
@@ -78,10 +83,15 @@ class _Updates(Subscriber):
                 return
             if self._pending + len(changes) > self._maxsize:
                 self.overflowed = True
-                self._queue.sync_q.put_nowait(None)
+                self._queue.sync_q.put_nowait(_OVERFLOW)
                 return
             self._pending += len(changes)
         self._queue.sync_q.put_nowait(changes)
+
+    def close(self) -> None:
+        with self._lock:
+            if not self.overflowed:
+                self._queue.sync_q.put_nowait(_END)
 
     def taken(self, count: int) -> None:
         with self._lock:
@@ -146,9 +156,8 @@ class Node:
             try:
                 peer.listen()
             except OSError as exc:
-                raise NodeError(
-                    f"cannot listen on {config.bind}:{config.port}: {exc.strerror or exc}"
-                ) from exc
+                why = os.strerror(exc.errno) if exc.errno else str(exc)
+                raise NodeError(f"cannot listen on {config.bind}:{config.port}: {why}") from exc
             try:
                 store = Store(config.data_dir, config.name, fsync=config.fsync)
             except StoreError as exc:
@@ -276,7 +285,8 @@ class Node:
 
         For asyncio code (a dashboard, a risk job). A consumer more than ``maxsize`` changes
         behind raises ``UpdatesOverflow`` once it has taken what was queued: the node never
-        blocks or buffers without bound for a slow consumer.
+        blocks or buffers without bound for a slow consumer. The iteration ends when the node
+        stops.
         """
         engine = self._started()
         bridge: janus.Queue[Any] = janus.Queue()
@@ -285,7 +295,9 @@ class Node:
         try:
             while True:
                 changes = await bridge.async_q.get()
-                if changes is None:
+                if changes is _END:
+                    return
+                if changes is _OVERFLOW:
                     raise UpdatesOverflow(
                         f"updates consumer fell more than {maxsize} changes behind"
                     )

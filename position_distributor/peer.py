@@ -94,10 +94,14 @@ class Connection:
         self.last_heard = time.monotonic()
         self._peer = peer
         self._sock = sock
-        # Mutex protecting _queued and _closed_reason (the send side's state).
+        # Mutex protecting the byte counts and _closed_reason (the send side's state).
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._queued = 0
+        # Cumulative byte counts: queued, written, and the end of the last unbounded send.
+        # Bytes up to _exempt_until (a sync) do not count against max_send_queue.
+        self._enqueued = 0
+        self._written = 0
+        self._exempt_until = 0
         self._closed_reason: str | None = None
         self._writer = threading.Thread(
             target=self._send_frames, name=f"send-{self.label}", daemon=True
@@ -118,7 +122,7 @@ class Connection:
         """Where the peer can be dialled, as it said in its Hello."""
         hello = self.protocol.peer
         port = hello.listen_port if hello is not None else self.address[1]
-        return f"{self.address[0]}:{port}"
+        return f"{self.address[0]}:{port}" if port else f"{self.address[0]} (not listening)"
 
     @property
     def closed(self) -> bool:
@@ -139,13 +143,16 @@ class Connection:
             if self._closed_reason is not None:
                 return False
             limit = self._peer.limits.max_send_queue
-            overflow = bounded and self._queued + size > limit
+            pending = self._enqueued - max(self._written, self._exempt_until)
+            overflow = bounded and pending + size > limit
             if not overflow:
-                self._queued += size
+                self._enqueued += size
+                if not bounded:
+                    self._exempt_until = self._enqueued
                 self._queue.put(data)
         if overflow:
             self.close(
-                f"peer is not keeping up: {self._queued + size} bytes would be queued for it,"
+                f"peer is not keeping up: {pending + size} bytes would be queued for it,"
                 f" above the limit of {limit}; it will resync when it reconnects"
             )
             return False
@@ -207,13 +214,16 @@ class Connection:
                 messages = []
                 for event in receive_data(data):
                     if type(event) is Ready:
+                        if self.connector is not None:
+                            # Known even if refused: the connector then stands by.
+                            self.connector.strategy = self.name
                         refusal = peer._register(self)
                         if refusal is not None:
+                            # Flushed, so the other side reads our Hello and learns who we are.
+                            self.close(refusal, flush=True)
                             reason = refusal
                             return reason
                         self.ready = True
-                        if self.connector is not None:
-                            self.connector.strategy = self.name
                         sock.settimeout(limits.idle_timeout)
                         logger.info(
                             "connected to {} at {} ({})",
@@ -248,8 +258,8 @@ class Connection:
         with contextlib.suppress(OSError):
             self._sock.close()
         peer = self._peer
-        peer._unregister(self)
         final = self._closed_reason or reason
+        peer._unregister(self, final)
         who = self.name or "unidentified peer"
         if self.ready:
             level = "INFO" if peer.stopping else "WARNING"
@@ -282,7 +292,7 @@ class Connection:
                     for start in range(0, len(data), _SEND_SLICE):
                         sock.sendall(view[start : start + _SEND_SLICE])
                 with self._lock:
-                    self._queued -= len(data)
+                    self._written += len(data)
                 if stop:
                     break
         except OSError as exc:
@@ -344,6 +354,8 @@ class Peer:
         self._live: dict[str, Connection] = {}  # peer strategy -> its one live connection
         self._all: set[Connection] = set()  # every open connection, handshaken or not
         self._readers: set[threading.Thread] = set()
+        # Peers that dialled us and left: strategy -> (address, state), for status().
+        self._departed: dict[str, tuple[str, str]] = {}
         # Snapshot of _live's values, replaced (never mutated) under the lock, read without it.
         self._live_snapshot: tuple[Connection, ...] = ()
 
@@ -416,10 +428,11 @@ class Peer:
                 conn.send(data)
 
     def status(self) -> list[PeerStatus]:
-        """What the ``peers`` command shows: configured addresses, then other live peers."""
+        """What ``peers`` shows: configured addresses, then peers that dialled us (or left)."""
         now = time.monotonic()
         with self._lock:
             live = dict(self._live)
+            departed = dict(self._departed)
         rows = []
         for connector in self._connectors:
             conn = live.pop(connector.strategy, None) if connector.strategy else None
@@ -432,6 +445,10 @@ class Peer:
                 )
             else:
                 rows.append(PeerStatus(connector.strategy, connector.label, connector.state, None))
+        known = {row.name for row in rows} | live.keys()
+        for name, (address, state) in sorted(departed.items()):
+            if name not in known:
+                rows.append(PeerStatus(name, address, state, None))
         for conn in live.values():
             how = "dialled" if conn.outbound else "they dialled"
             rows.append(
@@ -484,13 +501,15 @@ class Peer:
             replaced.close(why)
         return None
 
-    def _unregister(self, conn: Connection) -> None:
+    def _unregister(self, conn: Connection, reason: str) -> None:
         with self._lock:
             self._all.discard(conn)
             if conn.name is not None and self._live.get(conn.name) is conn:
                 del self._live[conn.name]
                 self._live_snapshot = tuple(self._live.values())
                 self._changed.notify_all()
+                if not conn.outbound:
+                    self._departed[conn.name] = (conn.listen_address, f"disconnected ({reason})")
 
     # Thread bodies.
 
@@ -548,7 +567,7 @@ class Peer:
         """
         limits = self.limits
         backoff = limits.backoff_min
-        reported = ""  # the last failure logged
+        reported = ""  # the kind of failure last logged: "unreachable" or "refused"
         try:
             while not self._stopping.is_set():
                 self._stand_by(connector)
@@ -561,8 +580,8 @@ class Peer:
                     )
                 except OSError as exc:
                     connector.state = f"unreachable ({_describe(exc)})"
-                    if reported != connector.state:
-                        reported = connector.state
+                    if reported != "unreachable":
+                        reported = "unreachable"
                         logger.info(
                             "cannot reach {}: {}; will keep trying",
                             connector.label,
@@ -584,8 +603,8 @@ class Peer:
                         connector.state = f"disconnected ({reason})"
                     elif not self._stopping.is_set():
                         connector.state = f"refused ({reason})"
-                        if reported != connector.state and not reason.startswith(_DUPLICATE):
-                            reported = connector.state
+                        if reported != "refused" and not reason.startswith(_DUPLICATE):
+                            reported = "refused"
                             logger.warning(
                                 "{} refused the connection: {}; will keep trying",
                                 connector.label,
