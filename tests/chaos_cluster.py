@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -26,12 +28,45 @@ from typing import IO
 
 from .chaos_ledger import Ledger
 from .faultproxy import ProxyMesh
-from .procs import free_port, parse_row
+from .procs import parse_row
 
-__all__ = ["ChaosCluster", "ChaosNode"]
+__all__ = ["ChaosCluster", "ChaosNode", "restartable_port", "restartable_ports"]
 
 _HOLDS = re.compile(r"store .* holds (\d+) position")
 View = dict[tuple[str, str], tuple[float, int]]
+
+
+def restartable_port() -> int:
+    """A free port below the kernel's ephemeral range, for a node restarted on the same port.
+
+    A port from ``free_port()`` is in the ephemeral range, where the kernel also picks the
+    ports of the proxies and of every outgoing connection: while the node is down, one of
+    those may take its port, and the restart would fail to listen. Below the range, only a
+    program binding that port on purpose can.
+    """
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12000), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port below the ephemeral range")
+
+
+def restartable_ports(names: list[str] | tuple[str, ...]) -> dict[str, int]:
+    """A distinct ``restartable_port()`` for each name."""
+    ports: dict[str, int] = {}
+    while len(ports) < len(names):
+        port = restartable_port()
+        if port not in ports.values():
+            ports[names[len(ports)]] = port
+    return ports
 
 
 class ChaosNode:
@@ -137,8 +172,15 @@ class ChaosNode:
 
     def type(self, *lines: str) -> None:
         assert self.proc is not None and self.proc.stdin is not None
-        self.proc.stdin.write("".join(line + "\n" for line in lines))
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write("".join(line + "\n" for line in lines))
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            self.proc.wait(timeout=10)
+            raise AssertionError(
+                f"{self.name} died unexpectedly (exit status {self.proc.returncode}):\n"
+                + "".join(self.errors[-30:])
+            ) from None
 
     def type_trade(self, symbol: str, quantity: int) -> None:
         self.ledger.typed_trade(symbol, quantity)
@@ -272,7 +314,7 @@ class ChaosCluster:
         self.cond = threading.Condition()
         self.record: dict[tuple[str, str, int], float] = {}
         names = [f"chaos_{i}" for i in range(1, n + 1)]
-        ports = {name: free_port() for name in names}
+        ports = restartable_ports(names)
         self.mesh = ProxyMesh.full(ports, both_ways=both_ways)
         self.nodes = {
             name: ChaosNode(

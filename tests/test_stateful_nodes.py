@@ -33,8 +33,8 @@ from position_distributor.node import Config, Node
 from position_distributor.peer import Limits
 from position_distributor.types import Position
 
+from .chaos_cluster import restartable_ports
 from .faultproxy import ProxyMesh
-from .procs import free_port
 from .waiting import wait_until
 
 NAMES = ("n1", "n2", "n3")
@@ -61,7 +61,7 @@ class NodesMachine(RuleBasedStateMachine):
         super().__init__()
         self.threads_before = set(threading.enumerate())
         self.root = Path(tempfile.mkdtemp(prefix="stateful-nodes-"))
-        ports = {name: free_port() for name in NAMES}
+        ports = restartable_ports(NAMES)
         self.mesh = ProxyMesh.full(ports)
         self.configs = {
             name: Config(
@@ -294,7 +294,7 @@ class Trio:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        ports = {name: free_port() for name in ("s1", "s2", "s3")}
+        ports = restartable_ports(("s1", "s2", "s3"))
         self.mesh = ProxyMesh.full(ports)
         self.configs = {
             name: Config(
