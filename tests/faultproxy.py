@@ -180,6 +180,7 @@ class FaultProxy:
         self._selector = selectors.DefaultSelector()
         self._masks: dict[socket.socket, int] = {}
         self._running = True
+        self._crash: BaseException | None = None  # what ended the thread, if not close()
         self._thread = threading.Thread(target=self._run, name=f"proxy-{self.name}", daemon=True)
         self._thread.start()
 
@@ -308,6 +309,9 @@ class FaultProxy:
         if self._thread.is_alive():
             raise AssertionError(f"{self!r}: thread still alive {timeout}s after close()")
         self._wake_w.close()
+        if self._crash is not None:
+            crash, self._crash = self._crash, None
+            raise AssertionError(f"{self!r}: its thread failed: {crash!r}") from crash
 
     # The proxy thread.
 
@@ -352,6 +356,9 @@ class FaultProxy:
                         if link in self._links:
                             self._serve(link, sock, mask)
                 self._expire(time.monotonic())
+        except BaseException as exc:  # a safety net: this branch should never run
+            self._crash = exc
+            raise
         finally:
             # Commands queued after the stop (or after a crash) are answered, never lost.
             self._running = False

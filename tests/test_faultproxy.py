@@ -401,3 +401,19 @@ def test_many_connections_and_faults_in_a_row(proxy: FaultProxy, target: Target)
         target.accepted.clear()
     wait_until(lambda: proxy.stats().active == 0, 5.0, "every connection to end")
     assert proxy.stats().accepted == 20
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_close_reports_a_thread_that_failed(target: Target) -> None:
+    """A proxy thread that died of an error is not silent: close() fails with that error."""
+    proxy = FaultProxy(target.port)
+
+    def broken_accept() -> None:
+        raise RuntimeError("injected")
+
+    proxy._accept = broken_accept  # type: ignore[method-assign]
+    with contextlib.suppress(OSError):
+        dial(proxy.port).close()
+    wait_until(lambda: not proxy._thread.is_alive(), 5.0, "the proxy thread to fail")
+    with pytest.raises(AssertionError, match="injected"):
+        proxy.close()
