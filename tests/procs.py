@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -144,7 +145,9 @@ class NodeProcess:
         env: dict[str, str] | None = None,
     ) -> None:
         self.name = name
-        self.port = port
+        # The listen port; 0 lets the node bind any free port, learnt from its log (no race
+        # with other processes between choosing a port and binding it) and kept for restarts.
+        self._port = port
         self.data_dir = data_dir
         self.peers: list[int | str] = list(peers)
         self.recovery_timeout = recovery_timeout
@@ -182,10 +185,26 @@ class NodeProcess:
             "-m",
             "position_distributor",
             self.name,
-            str(self.port),
+            str(self._port),
             *peers,
             *self.args,
         ]
+
+    @property
+    def port(self) -> int:
+        """The port the node listens on (waiting for its log line if the OS chose it)."""
+        if self._port == 0:
+            self.wait_for_log(" listening on ")
+            self._learn_port()
+        return self._port
+
+    def _learn_port(self) -> None:
+        """Take the port from the node's ``listening on HOST:PORT`` line, if it is there."""
+        with self._cond:
+            lines = [line for line in self.errors if " listening on " in line]
+        found = re.search(r" listening on \S+:(\d+)", lines[0]) if lines else None
+        if found is not None:
+            self._port = int(found.group(1))
 
     @property
     def pid(self) -> int:
@@ -195,6 +214,8 @@ class NodeProcess:
     def start(self) -> NodeProcess:
         """Start the process (again, after a stop or a kill: output starts afresh)."""
         assert not self.alive, f"{self.name} is already running"
+        if self._port == 0 and self.proc is not None:
+            self._learn_port()  # a restart listens where the last run did, as a user's would
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env.update(self.env or {})
         with self._cond:
@@ -319,7 +340,7 @@ class NodeProcess:
             state = f"pid {self.proc.pid}, " + ("running" if code is None else f"exit {code}")
         with self._cond:
             return (
-                f"{self.name} on port {self.port}, peers {self.peers}: {state}\n"
+                f"{self.name} on port {self._port or '?'}, peers {self.peers}: {state}\n"
                 f"view={self.view}\nstdout tail:\n{''.join(self.lines[-10:])}"
                 f"stderr tail:\n{''.join(self.errors[-lines:])}"
             )
@@ -454,7 +475,7 @@ class Cluster:
     ) -> NodeProcess:
         node = NodeProcess(
             name,
-            port or free_port(),
+            port or 0,
             peers,
             data_dir=kwargs.pop("data_dir", self.data_root / name),
             **kwargs,
@@ -572,7 +593,7 @@ class HostilePeer:
             if self.how_closed is not None or remaining <= 0:
                 kinds = [e.WhichOneof("body") for e in envelopes]
                 raise AssertionError(f"expected frames never came ({self.how_closed}): {kinds}")
-            self._read_once(remaining)
+            self.read_once(remaining)
         return envelopes
 
     def wait_closed(self, timeout: float | None = None) -> str:
@@ -583,14 +604,15 @@ class HostilePeer:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AssertionError(f"the node kept {self.label} open for {timeout}s")
-            self._read_once(remaining)
+            self.read_once(remaining)
         return self.how_closed
 
-    def _read_once(self, timeout: float) -> None:
+    def read_once(self, timeout: float) -> None:
+        """Read what has arrived within ``timeout`` seconds (0: only what is there now)."""
         self.sock.settimeout(timeout)
         try:
             data = self.sock.recv(1 << 16)
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError):
             return
         except ConnectionResetError:
             self.how_closed = "reset"
