@@ -93,7 +93,8 @@ class Watch:
     (the workloads trade positive quantities, so each symbol's net only grows).
     """
 
-    def __init__(self, targets: dict[Key, float]) -> None:
+    def __init__(self, targets: dict[Key, float], proc: Proc | None = None) -> None:
+        self.proc = proc  # whose rows these are: waiting ends early if it dies
         self.targets = targets
         self.remaining = set(targets)
         self.done = threading.Event()
@@ -110,13 +111,22 @@ class Watch:
                 self.done.set()
 
     def wait(self, timeout: float, what: str) -> float:
-        """Wait until done; return the time it was done; raise ``BenchError`` at the deadline."""
-        if not self.done.wait(timeout):
-            missing = sorted(self.remaining)[:5]
-            raise BenchError(
-                f"timed out after {timeout:g}s waiting for {what}:"
-                f" {len(self.remaining)} of {len(self.targets)} positions missing, e.g. {missing}"
-            )
+        """Wait until done; return the time it was done; raise ``BenchError`` at the deadline
+        or as soon as the process printing the rows has died (e.g. its port was taken)."""
+        deadline = time.monotonic() + timeout
+        while not self.done.wait(max(0.0, min(0.5, deadline - time.monotonic()))):
+            proc = self.proc
+            if proc is not None and proc.proc is not None and proc.proc.poll() is not None:
+                raise BenchError(
+                    f"{proc.name} exited with status {proc.proc.returncode} while waiting for"
+                    f" {what}\n{proc.log_tail()}"
+                )
+            if time.monotonic() >= deadline:
+                missing = sorted(self.remaining)[:5]
+                raise BenchError(
+                    f"timed out after {timeout:g}s waiting for {what}: {len(self.remaining)}"
+                    f" of {len(self.targets)} positions missing, e.g. {missing}"
+                )
         assert self.done_at is not None
         return self.done_at
 
@@ -301,7 +311,7 @@ class RowsProc(Proc):
 
     def watch(self, targets: dict[Key, float]) -> Watch:
         """A watch on this node's rows, registered now (before the trades it waits for)."""
-        watch = Watch(targets)
+        watch = Watch(targets, self)
         with self.cond:
             now = time.perf_counter()
             for key, (net, _) in self.view.items():
