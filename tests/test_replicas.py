@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -28,6 +29,9 @@ from position_distributor.clock import Clock
 from position_distributor.protocol import Protocol, Ready, State
 from position_distributor.types import Position
 from position_distributor.wire import SyncDone, encode, encode_position, encode_positions
+
+# A few seconds with the default profile; the "long" one runs 20 times as many examples.
+pytestmark = pytest.mark.timeout(900)
 
 NAMES = ("strategy_1", "strategy_2", "strategy_3")
 PAIRS = tuple(itertools.combinations(NAMES, 2))
