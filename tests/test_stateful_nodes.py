@@ -386,3 +386,18 @@ def test_recovery_without_configured_peers_waits_for_the_peer_holding_the_data(
     trio.mesh.proxies[("s2", "s1")].delay(1.0)  # the holder reaches s1 late
     s1 = trio.start("s1")  # s3 syncs first, with nothing of s1
     assert s1.trade("AAPL", 1).result(ACK_TIMEOUT).net_position == 101.0
+
+
+@pytest.mark.usefixtures("no_thread_leak")
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: recovery waits only for the configured peers' syncs, so a stale configured"
+    " peer ends it before a peer that dials in, holding the acknowledged trade, syncs",
+)
+def test_recovery_waits_for_a_peer_that_dials_in_with_the_data(trio: Trio) -> None:
+    """A node with a lost store does not lose a trade held only by a peer that dials it,
+    when its configured peer, stale, syncs first."""
+    trade_reaching_only(trio, "s2", holder="s3", stale="s1")
+    trio.mesh.proxies[("s3", "s2")].delay(1.0)  # the holder dials in late
+    s2 = trio.start("s2")  # s1, its configured peer, syncs first with nothing of s2
+    assert s2.trade("AAPL", 1).result(ACK_TIMEOUT).net_position == 101.0
