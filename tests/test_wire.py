@@ -117,6 +117,17 @@ def test_frame_prefixes_big_endian_length() -> None:
     assert frame(b"x" * 258) == b"\x00\x00\x01\x02" + b"x" * 258
 
 
+def test_frame_refuses_a_payload_its_header_cannot_express() -> None:
+    """A payload of 4 GiB or more cannot be framed: a local ValueError, not a wrapped length."""
+
+    class Huge(bytes):
+        def __len__(self) -> int:
+            return 2**32
+
+    with pytest.raises(ValueError, match="does not fit a frame"):
+        frame(Huge())
+
+
 def test_encode_positions_is_consecutive_frames() -> None:
     """Several positions encode as their frames one after another, ready for one sendall."""
     positions = [Position("s", "A", 1.0, 1), Position("s", "B", -2.0, 2)]
