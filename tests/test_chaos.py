@@ -10,8 +10,12 @@ node), plus each unacknowledged trade that the restarted node's store shows was 
 
 A store is deleted only once every other node is alive and has printed the node's last
 acknowledged positions, with no trade of it outstanding: then a lost store loses nothing, and
-anything missing at the end is a bug. The seed and the schedule are printed; replay a failing
-run with ``CHAOS_SEED=<seed> pytest tests/test_chaos.py``.
+anything missing at the end is a bug. (The issue's weaker rule, "once they have reached one
+peer", is ``CHAOS_WIPE_RULE=one``: it loses acknowledged trades now and then, because a node
+recovering a lost store stops waiting as soon as its configured peers have synced, stale or
+not; ``test_stateful_nodes.py`` pins that down in three strict-xfail scenarios.) The seed and
+the schedule are printed; replay a failing run with ``CHAOS_SEED=<seed> pytest
+tests/test_chaos.py`` (and the same ``CHAOS_WIPE_RULE``, ``CHAOS_DURATION``, ``CHAOS_NODES``).
 """
 
 from __future__ import annotations
@@ -266,13 +270,15 @@ class Chaos:
         self.note("trading stopped")
 
         def quiet() -> bool:
-            return all(
+            return bool(self.cluster.violations()) or all(
                 n.settled and not n.recovering and not n.ledger.outstanding
                 for n in self.cluster.nodes.values()
             )
 
         if not self.cluster.wait_for(quiet, timeout):
             raise AssertionError(self.report("nodes did not settle", timeout))
+        if self.cluster.violations():
+            raise AssertionError(self.report("acknowledged trades were lost", timeout))
 
     def converged(self) -> bool:
         """Every node prints exactly the ground truth, with the same timestamps everywhere."""
@@ -285,7 +291,11 @@ class Chaos:
     def report(self, what: str, timeout: float) -> str:
         cluster = self.cluster
         expected = cluster.expected()
-        lines = [f"{what} within {timeout:g}s (CHAOS_SEED={self.seed})", "schedule (tail):"]
+        lines = [
+            f"{what} (deadline {timeout:g}s; CHAOS_SEED={self.seed}"
+            f" CHAOS_WIPE_RULE={self.wipe_rule})",
+            "schedule (tail):",
+        ]
         lines += self.schedule[-40:]
         lines.append(f"expected: {sorted(expected.items())}")
         for node in cluster.nodes.values():
@@ -363,6 +373,7 @@ def run_chaos(
         cluster.close()
 
 
+@pytest.mark.timeout(400)
 def test_chaos_converges_to_the_acknowledged_trades(tmp_path: Path) -> None:
     """Under random kill -9, deleted stores, partitions and link faults, every node ends with
     exactly the positions of the acknowledged (and provably committed) trades."""
