@@ -271,7 +271,7 @@ NodesMachine.TestCase.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-TestNodesMachine = pytest.mark.timeout(600)(NodesMachine.TestCase)
+TestNodesMachine = pytest.mark.timeout(3600 if _LONG else 600)(NodesMachine.TestCase)
 TestNodesMachine.__doc__ = (
     "Under trades, link faults, crashes, lost stores and partitions, every node agrees with"
     " the model of acknowledged trades once healed."
