@@ -9,6 +9,7 @@ from typing import NamedTuple
 __all__ = [
     "MAX_STRATEGY_LENGTH",
     "MAX_SYMBOL_LENGTH",
+    "MAX_TIMESTAMP",
     "Position",
     "format_row",
     "invalid_position_reason",
@@ -18,6 +19,9 @@ __all__ = [
 
 MAX_SYMBOL_LENGTH = 32
 MAX_STRATEGY_LENGTH = 64
+# Nanoseconds since the epoch, in the year 2116: beyond any real clock, and far enough below
+# int64's end that a clock raised to it (by an echoed position) never overflows the wire.
+MAX_TIMESTAMP = 1 << 62
 
 # Symbols as exchanges spell them: letters, digits (Tokyo's 7203), and . _ : / -
 _SYMBOL = re.compile(rf"[A-Za-z0-9._:/-]{{1,{MAX_SYMBOL_LENGTH}}}")
@@ -63,4 +67,6 @@ def invalid_position_reason(position: Position) -> str | None:
         return f"non-finite net position {position.net_position!r} for {position.symbol}"
     if position.timestamp <= 0:
         return f"non-positive timestamp {position.timestamp} for {position.symbol}"
+    if position.timestamp > MAX_TIMESTAMP:
+        return f"timestamp {position.timestamp} for {position.symbol} is after the year 2116"
     return None

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from position_distributor import position_pb2 as pb
+from position_distributor.clock import Clock
 from position_distributor.protocol import (
     LocalProtocolError,
     Protocol,
@@ -17,7 +18,7 @@ from position_distributor.protocol import (
     RemoteProtocolError,
     State,
 )
-from position_distributor.types import Position
+from position_distributor.types import MAX_TIMESTAMP, Position
 from position_distributor.wire import (
     PROTOCOL_VERSION,
     Auth,
@@ -240,13 +241,27 @@ def test_non_messages_are_refused(state: State, payload: bytes, words: str) -> N
         (Position(PEER, "X" * 33, 1.0, 1), "invalid symbol"),
         (Position(PEER, "AAPL", 1.0, 0), "non-positive timestamp 0"),
         (Position(PEER, "AAPL", 1.0, -1), "non-positive timestamp -1"),
+        (Position(PEER, "AAPL", 1.0, 2**63 - 1), "is after the year 2116"),
         (Position(OWN, "AAPL", math.nan, 1), "non-finite net position nan"),
+        (Position(OWN, "AAPL", 1.0, 2**63 - 1), "is after the year 2116"),
     ],
 )
 @pytest.mark.parametrize("state", [State.SYNC, State.LIVE], ids=lambda s: s.name)
 def test_bad_positions_are_refused(state: State, position: Position, words: str) -> None:
     """NaN or infinite positions, bad symbols and non-positive timestamps are refused."""
     assert words in refused(at(state), encode_position(position))
+
+
+def test_an_echo_cannot_push_the_clock_past_int64() -> None:
+    """An echoed own position stamped near int64's end is refused: the clock stays encodable."""
+    protocol = at(State.SYNC)
+    latest = Position(OWN, "AAPL", 1.0, MAX_TIMESTAMP)
+    assert protocol.receive_data(encode_position(latest)) == [latest]
+    clock = Clock()
+    clock.observe(latest.timestamp)
+    encode_position(latest._replace(timestamp=clock.next()))  # still fits the wire's int64
+    reason = refused(protocol, encode_position(Position(OWN, "AAPL", 1.0, 2**63 - 1)))
+    assert reason == f"timestamp {2**63 - 1} for AAPL is after the year 2116"
 
 
 @pytest.mark.parametrize("length", [2**31, 2**32 - 1])
@@ -282,7 +297,7 @@ any_position = st.builds(
     st.sampled_from([OWN, PEER, THIRD]),
     symbols,
     st.floats(allow_nan=False, allow_infinity=False),
-    st.integers(1, 2**63 - 1),
+    st.integers(1, MAX_TIMESTAMP),
 )
 session_messages = st.lists(
     st.one_of(

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from position_distributor.types import (
     MAX_STRATEGY_LENGTH,
     MAX_SYMBOL_LENGTH,
+    MAX_TIMESTAMP,
     Position,
     format_row,
     invalid_position_reason,
@@ -132,7 +133,7 @@ def test_valid_strategy_is_its_character_set_and_length(name: str) -> None:
     st.from_regex(r"[A-Za-z0-9._-]{1,64}", fullmatch=True),
     st.from_regex(r"[A-Za-z0-9._:/-]{1,32}", fullmatch=True),
     st.floats(allow_nan=False, allow_infinity=False),
-    st.integers(min_value=1, max_value=2**63 - 1),
+    st.integers(min_value=1, max_value=MAX_TIMESTAMP),
 )
 def test_well_formed_positions_have_no_reason(
     strategy: str, symbol: str, net: float, ts: int
@@ -153,11 +154,26 @@ def test_well_formed_positions_have_no_reason(
         (Position("s", "AAPL", -math.inf, 1), "non-finite net position -inf for AAPL"),
         (Position("s", "AAPL", 1.0, 0), "non-positive timestamp 0 for AAPL"),
         (Position("s", "AAPL", 1.0, -5), "non-positive timestamp -5 for AAPL"),
+        (
+            Position("s", "AAPL", 1.0, 2**62 + 1),
+            f"timestamp {2**62 + 1} for AAPL is after the year 2116",
+        ),
+        (
+            Position("s", "AAPL", 1.0, 2**63 - 1),
+            f"timestamp {2**63 - 1} for AAPL is after the year 2116",
+        ),
     ],
 )
 def test_invalid_position_reasons(position: Position, words: str) -> None:
     """Each kind of bad position from a peer is named in the reason returned for it."""
     assert invalid_position_reason(position) == words
+
+
+def test_latest_timestamp_leaves_the_clock_room() -> None:
+    """The latest accepted timestamp is past 2100 and leaves 2**62 ticks before int64 ends."""
+    assert MAX_TIMESTAMP >= 4_102_444_800 * 10**9  # 2100-01-01
+    assert 2**63 - 1 - MAX_TIMESTAMP >= 2**62 - 1
+    assert invalid_position_reason(Position("s", "AAPL", 1.0, MAX_TIMESTAMP)) is None
 
 
 def test_reason_quotes_at_most_80_characters_of_a_bad_name() -> None:
