@@ -19,6 +19,7 @@ class Event(enum.Enum):
     CONNECTED = "connected"  # handler(conn): an outbound connection completed its handshake
     MESSAGE = "message"  # handler(conn, messages): positions and SyncDone, in arrival order
     CLOSED = "closed"  # handler(conn, reason): a connection that had completed its handshake closed
+    IDENTIFIED = "identified"  # handler(address, strategy): a configured address said who it is
 
 
 Handler = Callable[..., Any]

@@ -85,7 +85,6 @@ class Engine:
         out: Output,
         recovery_timeout: float = 5.0,
         recovery_grace: float = 0.5,
-        expected_peers: int = 0,
         max_queue: int = 65536,
     ) -> None:
         self.name = name
@@ -97,6 +96,9 @@ class Engine:
         self._book_lock = threading.Lock()
         self._book = Book(positions)
         self._clock = Clock(last_ts)
+        # Own positions from before this store (see _learn_own): symbol -> base timestamp.
+        # Read and written under both the book lock and the publish lock.
+        self._bases = store.bases()
         # Mutex ordering what follows an apply: store commit, broadcast, rows, subscribers.
         # Taken before the book lock is released (see _apply_then_publish).
         self._publish_lock = threading.Lock()
@@ -110,7 +112,6 @@ class Engine:
         self.recovering = store.needs_recovery
         self._recovery_timeout = recovery_timeout
         self._recovery_grace = recovery_grace
-        self._expected_peers = expected_peers
         # Condition signalling a peer's completed sync; its lock protects _synced.
         self._synced_cond = threading.Condition()
         self._synced: set[str] = set()
@@ -118,6 +119,7 @@ class Engine:
         dispatcher.subscribe(Event.ACCEPTED, self._send_sync)
         dispatcher.subscribe(Event.CONNECTED, self._send_sync)
         dispatcher.subscribe(Event.MESSAGE, self._on_message)
+        dispatcher.subscribe(Event.IDENTIFIED, self._on_identified)
 
     # Lifecycle.
 
@@ -215,6 +217,10 @@ class Engine:
         conn.send(data + encode(SyncDone(len(own) + len(echo))), bounded=False)
         logger.debug("sent {} own and {} echoed positions to {}", len(own), len(echo), other)
 
+    def _on_identified(self, address: str, strategy: str) -> None:
+        with self._synced_cond:
+            self._synced_cond.notify_all()  # the recovery wait re-checks its configured peers
+
     def _on_message(self, conn: Connection, messages: list[Any]) -> None:
         if not self._closing:
             self._positions.put((conn, messages))
@@ -278,7 +284,9 @@ class Engine:
                 position = Position(name, symbol, net + 0.0, next_ts())
                 book.apply(position)
                 changes.append(position)
-                journal.append(JournalEntry(now_ns, symbol, quantity, position[2], position[3]))
+                journal.append(
+                    JournalEntry(now_ns, symbol, quantity, position[2], position[3], "trade")
+                )
                 if future is not None:
                     futures.append((future, position))
             clock = self._clock.last
@@ -300,35 +308,95 @@ class Engine:
         book = self._book
         changes: list[Position] = []
         own_changes: list[Position] = []
+        bases: list[Position] = []
+        journal: list[JournalEntry] = []
         synced: list[str] = []
+        publishing = False  # whether this thread holds the publish lock yet
         self._book_lock.acquire()
         try:
             apply = book.apply
-            observe = self._clock.observe
             for conn, messages in batch:
                 for message in messages:
                     if type(message) is Position:
-                        if message.strategy == name:
-                            # The echo of our own position: never stamp older than it again.
-                            observe(message.timestamp)
+                        if message.strategy != name:
                             if apply(message):
                                 changes.append(message)
-                                own_changes.append(message)
-                        elif apply(message):
-                            changes.append(message)
+                            continue
+                        if not publishing:
+                            # Own positions may need the store: take the publish lock now,
+                            # in lock order (book, then publish).
+                            self._publish_lock.acquire()
+                            publishing = True
+                        position = self._learn_own(message, bases, journal)
+                        if position is not None:
+                            changes.append(position)
+                            own_changes.append(position)
                     elif type(message) is SyncDone and conn.name is not None:
                         synced.append(conn.name)
             clock = self._clock.last
-            self._publish_lock.acquire()
+            if not publishing:
+                self._publish_lock.acquire()
+                publishing = True
+        except BaseException:
+            if publishing:
+                self._publish_lock.release()
+            raise
         finally:
             self._book_lock.release()
         try:
             # Own positions learnt back are broadcast: a peer may have missed them too.
-            self._publish(changes, clock, broadcast=own_changes)
+            self._publish(changes, clock, broadcast=own_changes, journal=journal, bases=bases)
         finally:
             self._publish_lock.release()
         if synced:
             self._note_synced(synced)
+
+    def _learn_own(
+        self, echo: Position, bases: list[Position], journal: list[JournalEntry]
+    ) -> Position | None:
+        """A peer sent back one of our own positions (the echo in its sync): apply it.
+
+        Returns the change it makes, if any. An echo this store issued is old news. An echo
+        from before this store existed (the store was lost) is a base: the position is that
+        base plus every trade journalled since, so a base learnt after trades resumed (a peer
+        that was late, or partitioned, at recovery) still loses no acknowledged trade.
+        Caller holds the book lock and the publish lock.
+        """
+        assert self._book_lock.locked() and self._publish_lock.locked()
+        self._clock.observe(echo.timestamp)  # never stamp older than our own past again
+        symbol = echo.symbol
+        if echo == self._book.get(self.name, symbol):
+            return None
+        if echo.timestamp <= self._bases.get(symbol, 0) or self._store.issued(
+            symbol, echo.timestamp
+        ):
+            return None
+        self._bases[symbol] = echo.timestamp
+        bases.append(echo)
+        quantities = self._store.quantities(symbol)
+        if not quantities:
+            return echo if self._book.apply(echo) else None
+        net = echo.net_position
+        for quantity in quantities:
+            net += quantity
+        previous = self._book.get(self.name, symbol)
+        position = Position(self.name, symbol, net + 0.0, self._clock.next())
+        self._book.apply(position)
+        jump = net - (0.0 if previous is None else previous.net_position)
+        journal.append(
+            JournalEntry(
+                time.time_ns(), symbol, jump, position.net_position, position.timestamp, "rebase"
+            )
+        )
+        logger.warning(
+            "{}: a peer sent back {} from before this store; with the {} trade(s) since,"
+            " the position is now {}",
+            symbol,
+            echo.net_position,
+            len(quantities),
+            position.net_position,
+        )
+        return position
 
     def _publish(
         self,
@@ -337,12 +405,15 @@ class Engine:
         *,
         broadcast: list[Position],
         journal: list[JournalEntry] | None = None,
+        bases: list[Position] | None = None,
     ) -> None:
         """Commit, broadcast, print and notify. Caller holds the publish lock."""
         assert self._publish_lock.locked()
+        if not changes and not bases:
+            return
+        self._store.commit(changes, clock, journal or (), bases or ())
         if not changes:
             return
-        self._store.commit(changes, clock, journal or ())
         if broadcast:
             self._peer.broadcast(b"".join(map(encode_position, broadcast)))
         self._out.write("".join([p.row() + "\n" for p in changes]))
@@ -358,13 +429,22 @@ class Engine:
                 self._first_sync_at = time.monotonic()
             self._synced_cond.notify_all()
 
+    def _configured_synced(self) -> bool:
+        """Whether every configured peer is known and has completed a sync with us.
+
+        Only configured peers count: an unconfigured peer that happens to sync first may
+        hold nothing of ours. Caller holds the recovery condition's lock.
+        """
+        names = self._peer.configured()
+        return all(name is not None and name in self._synced for name in names)
+
     def _await_recovery(self) -> bool:
         """Hold trades until the peers have synced our own positions back, or time runs out.
 
         Returns False if the node is stopping with no trade waiting (then there is nothing to
         recover for); a stop with trades waiting still waits, so they apply on what is known.
         """
-        expected = self._expected_peers
+        expected = len(self._peer.configured())
         logger.warning(
             "store is new or was lost: holding trades until {} sent our positions back"
             " (at most {:g}s)",
@@ -377,7 +457,7 @@ class Engine:
                 if self._stopping and self._trades.qsize() <= 1:  # only the stop sentinel
                     break
                 now = time.monotonic()
-                if expected and len(self._synced) >= expected:
+                if expected and self._configured_synced():
                     break
                 wait = deadline - now
                 if not expected and self._first_sync_at is not None:

@@ -171,7 +171,6 @@ class Node:
                 store,
                 out=self.output,
                 recovery_timeout=config.recovery_timeout,
-                expected_peers=len(config.peers),
             )
             stored = self._engine.positions()
             logger.info("store {} holds {} position(s)", store.path, len(stored))

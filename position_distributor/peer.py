@@ -214,9 +214,11 @@ class Connection:
                 messages = []
                 for event in receive_data(data):
                     if type(event) is Ready:
-                        if self.connector is not None:
+                        connector = self.connector
+                        if connector is not None and connector.strategy != self.name:
                             # Known even if refused: the connector then stands by.
-                            self.connector.strategy = self.name
+                            connector.strategy = self.name
+                            fire(Event.IDENTIFIED, connector.label, self.name)
                         refusal = peer._register(self)
                         if refusal is not None:
                             # Flushed, so the other side reads our Hello and learns who we are.
@@ -416,6 +418,10 @@ class Peer:
             readers = list(self._readers)
         for thread in readers:
             thread.join()
+
+    def configured(self) -> list[str | None]:
+        """The strategy at each configured address, as far as known (None: not yet)."""
+        return [connector.strategy for connector in self._connectors]
 
     def connections(self) -> tuple[Connection, ...]:
         """Every live connection (handshake complete), one per peer strategy."""

@@ -35,9 +35,18 @@ CREATE TABLE IF NOT EXISTS journal (
     symbol TEXT NOT NULL,
     quantity REAL NOT NULL,
     net_position REAL NOT NULL,        -- the position the trade resulted in
-    timestamp INTEGER NOT NULL         -- that position's timestamp (the node's clock)
+    timestamp INTEGER NOT NULL,        -- that position's timestamp (the node's clock)
+    kind TEXT NOT NULL DEFAULT 'trade' -- 'trade', or 'rebase': a base learnt late (see bases)
 );
-CREATE INDEX IF NOT EXISTS journal_by_symbol ON journal (symbol, id);
+-- Timestamps increase with id (one clock), so this index serves history and lookups.
+CREATE INDEX IF NOT EXISTS journal_by_symbol ON journal (symbol, timestamp);
+-- Own positions from before this store existed (learnt back from peers after a lost store):
+-- the base the journal's trades of a symbol are added to.
+CREATE TABLE IF NOT EXISTS bases (
+    symbol TEXT PRIMARY KEY,
+    net_position REAL NOT NULL,
+    timestamp INTEGER NOT NULL
+) WITHOUT ROWID;
 -- Copies of the whole view (every strategy), taken atomically.
 CREATE TABLE IF NOT EXISTS snapshots (
     id INTEGER PRIMARY KEY,
@@ -63,19 +72,25 @@ _UPSERT = (
 
 
 _JOURNAL = (
-    "INSERT INTO journal (time_ns, symbol, quantity, net_position, timestamp)"
-    " VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO journal (time_ns, symbol, quantity, net_position, timestamp, kind)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
 )
 
 
 class JournalEntry(NamedTuple):
-    """One own trade as the journal keeps it."""
+    """One change of an own position, as the journal keeps it: a trade, or a rebase.
+
+    A rebase is written when a peer sends back an own position from before this store
+    existed (after a lost store) that is newer than the base the position was built on:
+    the position becomes that base plus every trade since, and ``quantity`` is the jump.
+    """
 
     time_ns: int
     symbol: str
     quantity: float
     net_position: float
     timestamp: int
+    kind: str = "trade"
 
 
 class SnapshotInfo(NamedTuple):
@@ -198,14 +213,25 @@ class Store:
         return positions, int(clock)
 
     def commit(
-        self, positions: Iterable[Position], clock: int, journal: Iterable[JournalEntry] = ()
+        self,
+        positions: Iterable[Position],
+        clock: int,
+        journal: Iterable[JournalEntry] = (),
+        bases: Iterable[Position] = (),
     ) -> None:
-        """Store positions (replacing older entries), the clock and journal entries at once."""
+        """Store positions (replacing older entries), the clock, journal entries and bases at
+        once."""
         db = self._db
         db.execute("BEGIN")
         try:
             db.executemany(_UPSERT, positions)
             db.executemany(_JOURNAL, journal)
+            if bases:
+                db.executemany(
+                    "INSERT OR REPLACE INTO bases (symbol, net_position, timestamp)"
+                    " VALUES (?, ?, ?)",
+                    [(p.symbol, p.net_position, p.timestamp) for p in bases],
+                )
             db.execute("UPDATE meta SET value = ? WHERE key = 'clock'", (clock,))
             db.execute("COMMIT")
         except BaseException:
@@ -215,11 +241,30 @@ class Store:
     def history(self, symbol: str, limit: int) -> list[JournalEntry]:
         """The last ``limit`` own trades in ``symbol``, oldest first."""
         rows = self._db.execute(
-            "SELECT time_ns, symbol, quantity, net_position, timestamp FROM journal"
-            " WHERE symbol = ? ORDER BY id DESC LIMIT ?",
+            "SELECT time_ns, symbol, quantity, net_position, timestamp, kind FROM journal"
+            " WHERE symbol = ? ORDER BY timestamp DESC LIMIT ?",
             (symbol, limit),
         ).fetchall()
         return [JournalEntry(*row) for row in reversed(rows)]
+
+    def issued(self, symbol: str, timestamp: int) -> bool:
+        """Whether this store's journal holds a change of ``symbol`` stamped ``timestamp``."""
+        row = self._db.execute(
+            "SELECT 1 FROM journal WHERE symbol = ? AND timestamp = ?", (symbol, timestamp)
+        ).fetchone()
+        return row is not None
+
+    def quantities(self, symbol: str) -> list[float]:
+        """The quantities of every journalled trade (not rebase) in ``symbol``, in order."""
+        rows = self._db.execute(
+            "SELECT quantity FROM journal WHERE symbol = ? AND kind = 'trade' ORDER BY timestamp",
+            (symbol,),
+        )
+        return [quantity for (quantity,) in rows]
+
+    def bases(self) -> dict[str, int]:
+        """Symbol -> timestamp of the base position the journal's trades build on."""
+        return dict(self._db.execute("SELECT symbol, timestamp FROM bases").fetchall())
 
     def snapshot(self, label: str, taken_at_ns: int) -> SnapshotInfo:
         """Copy every stored position into a new snapshot, atomically; return its summary."""
