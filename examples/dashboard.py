@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import random
 import sys
 import tempfile
@@ -32,7 +33,7 @@ from loguru import logger
 
 from position_distributor import Config, Limits, Node, Position, UpdatesOverflow
 
-__all__ = ["exposure_of", "format_exposure", "main", "run_demo", "watch", "watch_exposure"]
+__all__ = ["View", "exposure_of", "format_exposure", "main", "run_demo", "watch", "watch_exposure"]
 
 Exposure = dict[str, float]
 
@@ -42,6 +43,29 @@ def format_exposure(exposure: Exposure, change: Position | None = None) -> str:
     nets = "  ".join(f"{symbol} {net:+.6f}" for symbol, net in sorted(exposure.items()))
     cause = "" if change is None else f"   <- {change.row()}"
     return f"exposure: {nets or '(flat)'}{cause}\n"
+
+
+class View:
+    """The positions a dashboard knows: a snapshot, then every change applied on top.
+
+    A change is kept only if newer than what is known (the nodes' own last-writer-wins
+    rule), so a change that was already in the snapshot never rolls the view back.
+    """
+
+    def __init__(self, positions: Sequence[Position]) -> None:
+        self.positions = {(p.strategy, p.symbol): p for p in positions}
+
+    def apply(self, change: Position) -> None:
+        key = (change.strategy, change.symbol)
+        known = self.positions.get(key)
+        if known is None or (change.timestamp, change.net_position) > (
+            known.timestamp,
+            known.net_position,
+        ):
+            self.positions[key] = change
+
+    def exposure(self) -> Exposure:
+        return exposure_of(list(self.positions.values()))
 
 
 async def watch_exposure(
@@ -66,7 +90,8 @@ async def watch_exposure(
                 pending = asyncio.ensure_future(anext(updates))
                 try:
                     await asyncio.sleep(0)
-                    exposure = node.exposure()
+                    view = View(node.positions())
+                    exposure = view.exposure()
                     out.write(format_exposure(exposure))
                     while until is None or not until(exposure):
                         try:
@@ -74,7 +99,8 @@ async def watch_exposure(
                         except StopAsyncIteration:  # the node stopped
                             return exposure
                         pending = asyncio.ensure_future(anext(updates))
-                        exposure = node.exposure()
+                        view.apply(change)
+                        exposure = view.exposure()
                         out.write(format_exposure(exposure, change))
                     return exposure
                 finally:
@@ -175,11 +201,11 @@ async def run_demo(
 
 
 def exposure_of(positions: Sequence[Position]) -> Exposure:
-    """Net per symbol over every strategy, as ``Node.exposure()`` computes it."""
-    exposure: Exposure = {}
+    """Net per symbol over every strategy, exactly rounded, as ``Node.exposure()`` sums it."""
+    terms: dict[str, list[float]] = {}
     for position in positions:
-        exposure[position.symbol] = exposure.get(position.symbol, 0.0) + position.net_position
-    return exposure
+        terms.setdefault(position.symbol, []).append(position.net_position)
+    return {symbol: math.fsum(nets) + 0.0 for symbol, nets in sorted(terms.items())}
 
 
 def parse_address(text: str) -> tuple[str, int]:

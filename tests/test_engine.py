@@ -7,12 +7,10 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
 
-from position_distributor.engine import TradeError
 from position_distributor.node import Node
 from position_distributor.store import Store
 from position_distributor.types import Position
@@ -377,22 +375,48 @@ def test_a_node_with_a_store_applies_trades_at_once(nodes: Nodes, tmp_path: Path
     assert rows.rows()[0] == Position("alpha", "AAPL", 5.0, 100)  # the stored view first
 
 
-def test_trades_held_when_the_node_stops_during_recovery_fail(nodes: Nodes) -> None:
-    """Trades still held when a recovering node stops are never applied, and say so."""
-    listener = RawListener()
+def test_trades_typed_before_a_stop_during_recovery_still_apply(
+    nodes: Nodes, tmp_path: Path
+) -> None:
+    """Stopping a recovering node with trades held waits out the recovery, then applies them."""
+    listener = RawListener()  # the configured peer accepts nothing: recovery can only time out
     try:
-        node, rows = nodes.start("alpha", peers=(listener.port,), recovery_timeout=30)
-        held: list[Future[Position]] = [node.trade("AAPL", 1), node.trade("MSFT", 2)]
+        node, rows = nodes.start("alpha", peers=(listener.port,), recovery_timeout=0.3)
+        held = [node.trade("AAPL", 1), node.trade("MSFT", 2)]
         with capture_logs("INFO") as logs:
             node.stop()
     finally:
         listener.close()
 
-    for future in held:
-        with pytest.raises(TradeError, match="node stopped while recovering"):
-            future.result(timeout=5)
-    assert logs.lines_with("2 trade(s) held during recovery were not applied")
-    assert rows.lines.snapshot() == []
+    results = [future.result(timeout=0) for future in held]
+    assert [(p.symbol, p.net_position) for p in results] == [("AAPL", 1.0), ("MSFT", 2.0)]
+    assert logs.lines_with("recovery timeout after 0.3s")
+    assert rows.rows() == results
+    assert stored(tmp_path / "alpha" / "alpha.sqlite3") == {
+        (p.strategy, p.symbol): (p.net_position, p.timestamp) for p in results
+    }
+
+
+def test_a_recovering_node_with_no_trade_held_stops_at_once(nodes: Nodes, tmp_path: Path) -> None:
+    """With nothing held, stop() does not wait out recovery, and the store still needs it."""
+    listener = RawListener()
+    try:
+        node, _ = nodes.start("alpha", peers=(listener.port,), recovery_timeout=30)
+        assert node.recovering
+        started = time.monotonic()
+        with capture_logs("INFO") as logs:
+            node.stop()
+        elapsed = time.monotonic() - started
+    finally:
+        listener.close()
+
+    assert elapsed < 5
+    assert logs.lines_with("recovery") == []
+    store = Store(tmp_path / "alpha", "alpha")
+    try:
+        assert store.needs_recovery  # the next start recovers again
+    finally:
+        store.close()
 
 
 def test_a_node_restarted_with_its_data_dir_deleted_recovers_then_trades_on_top(

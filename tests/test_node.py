@@ -13,8 +13,14 @@ from typing import Any
 
 import pytest
 
-from position_distributor import Config, Node, NodeError, Position, UpdatesOverflow
-from position_distributor.engine import TradeError
+from position_distributor import (
+    Config,
+    Node,
+    NodeError,
+    Position,
+    TradeError,
+    UpdatesOverflow,
+)
 
 from .inproc import Nodes, Rows, nets_of
 from .waiting import Recorder, wait_until
@@ -173,6 +179,23 @@ def test_peers_shows_each_connected_peer_with_address_state_and_last_heard(nodes
     assert row.state.startswith(("disconnected", "unreachable", "connecting")), row
 
 
+def test_peers_remembers_a_peer_that_dialled_in_and_left(nodes: Nodes) -> None:
+    """A peer that dialled us stays listed after it leaves, disconnected, with where it listens."""
+    a, _ = nodes.start("alpha")
+    b, _ = nodes.start("beta", peers=(a.port,))
+    wait_until(lambda: any(r.state == "connected (they dialled)" for r in a.peers()))
+    beta_port = b.port
+
+    b.stop()
+
+    [row] = wait_until(
+        lambda: [r for r in a.peers() if not r.state.startswith("connected")],
+        what="alpha to list beta as gone",
+    )
+    assert (row.name, row.address, row.last_heard) == ("beta", f"127.0.0.1:{beta_port}", None)
+    assert row.state.startswith("disconnected (")
+
+
 # updates() from asyncio.
 
 
@@ -253,6 +276,27 @@ def test_updates_ends_a_consumer_more_than_maxsize_behind_with_updates_overflow(
     assert got == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
     assert nets_of(node.positions()) == {("alpha", "AAPL"): 22.0}
     assert again == [22.0]
+
+
+def test_updates_ends_when_the_node_stops(nodes: Nodes) -> None:
+    """A consumer's iteration ends normally at stop(), after every change made before it."""
+    node, _ = nodes.start("alpha")
+
+    async def consume() -> list[float]:
+        seen: list[float] = []
+        async with aclosing(node.updates()) as updates:
+            first = asyncio.ensure_future(anext(updates))
+            await asyncio.sleep(0)  # one loop turn: the generator has subscribed
+            for _ in range(5):
+                node.trade("AAPL", 1)
+            stopping = asyncio.ensure_future(asyncio.to_thread(node.stop))
+            seen.append((await first).net_position)
+            async for change in updates:  # ends when the node has stopped
+                seen.append(change.net_position)
+            await stopping
+        return seen
+
+    assert run(consume()) == [1.0, 2.0, 3.0, 4.0, 5.0]
 
 
 def test_updates_on_a_node_that_is_not_running_raises_node_error(nodes: Nodes) -> None:
