@@ -55,9 +55,16 @@ def refused(protocol: Protocol, data: bytes) -> str:
 
 
 # The rule table, written out from DESIGN.md independently of protocol._RULES: for each
-# state, which message kinds are accepted (True) and which close the connection (False).
-KINDS = ("hello", "own_position", "peer_position", "third_position", "sync_done", "heartbeat")
-KINDS += ("auth",)
+# state and relay setting, the message kinds accepted; any other kind closes the connection.
+KINDS = (
+    "hello",
+    "own_position",
+    "peer_position",
+    "third_position",
+    "sync_done",
+    "heartbeat",
+    "auth",
+)
 ALLOWED: dict[tuple[State, bool], set[str]] = {
     (State.HELLO, False): {"hello"},
     (State.SYNC, False): {"own_position", "peer_position", "sync_done", "heartbeat"},
@@ -71,7 +78,7 @@ NEXT_STATE = {"hello": State.SYNC, "sync_done": State.LIVE}
 
 
 def make(kind: str) -> Message:
-    return {
+    examples: dict[str, Message] = {
         "hello": Hello(PEER, PROTOCOL_VERSION, 4000),
         "own_position": Position(OWN, "AAPL", 100.0, 7),
         "peer_position": Position(PEER, "AAPL", -5.5, 8),
@@ -79,7 +86,8 @@ def make(kind: str) -> Message:
         "sync_done": SyncDone(2),
         "heartbeat": Heartbeat(),
         "auth": Auth(b"proof"),
-    }[kind]
+    }
+    return examples[kind]
 
 
 def expected_event(kind: str, message: Message) -> list[object]:

@@ -12,6 +12,7 @@ model is the ground truth of the trades applied.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -96,7 +97,7 @@ class Replica:
             + encode(SyncDone(len(own) + len(echo)))
         )
 
-    def receive(self, peer: str, events: list[object]) -> list[Position]:
+    def receive(self, peer: str, events: Sequence[object]) -> list[Position]:
         """Apply events from ``peer``; return own positions learnt back, to be broadcast."""
         learnt: list[Position] = []
         for event in events:
