@@ -162,6 +162,7 @@ class NodeProcess:
         self._cond = threading.Condition()
         self.lines: list[str] = []
         self.errors: list[str] = []
+        self.error_times: list[float] = []  # time.monotonic() each stderr line was read
         self.view: View = {}
         self._readers: list[threading.Thread] = []
 
@@ -221,6 +222,7 @@ class NodeProcess:
         with self._cond:
             self.lines = []
             self.errors = []
+            self.error_times = []
             self.view = {}
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
@@ -261,6 +263,7 @@ class NodeProcess:
         for line in proc.stderr:
             with self._cond:
                 self.errors.append(line)
+                self.error_times.append(time.monotonic())
                 self._cond.notify_all()
 
     def type(self, *lines: str) -> None:
@@ -352,6 +355,13 @@ class NodeProcess:
             return next((line for line in node.errors[start:] if text in line), None)
 
         return str(self.wait_until(found, timeout, f"log {text!r}"))
+
+    def log_time(self, text: str) -> float:
+        """When (``time.monotonic()``) the first stderr line containing ``text`` was read."""
+        with self._cond:
+            return next(
+                t for line, t in zip(self.errors, self.error_times, strict=True) if text in line
+            )
 
     def wait_for_output(self, text: str, timeout: float = 15.0, start: int = 0) -> int:
         """Wait until a stdout line (from index ``start`` on) contains ``text``; its index."""

@@ -228,11 +228,15 @@ BAD_LINES = [
 ]
 
 
+READY = {(A, "READY"): 1.0}
+
+
 @pytest.fixture
 def node(cluster: Cluster) -> NodeProcess:
-    """A lone node with a new store that applies trades at once (no recovery wait)."""
+    """A lone node with a new store, past its recovery window: a first trade has applied."""
     lone = cluster.add(A, recovery_timeout=0)
-    lone.wait_for_log("listening")
+    lone.type("READY 1")
+    lone.wait_for_view(READY)
     return lone
 
 
@@ -241,7 +245,7 @@ def test_bad_console_input_prints_one_error_and_goes_on(node: NodeProcess) -> No
     is applied, blank lines are ignored, and a valid trade after them applies."""
     mark = node.mark()
     node.type(*BAD_LINES, "", "   ", "\t", "AAPL 5", "7203 -2.5")
-    node.wait_for_view({(A, "AAPL"): 5.0, (A, "7203"): -2.5})
+    node.wait_for_view({**READY, (A, "AAPL"): 5.0, (A, "7203"): -2.5})
     printed = node.rows(mark.out)
     assert [(s, sym, net) for s, sym, net, _ in printed] == [(A, "AAPL", 5.0), (A, "7203", -2.5)]
     end = node.sync_stderr()
@@ -272,9 +276,9 @@ def test_overflowing_trade_is_refused_and_the_node_goes_on(node: NodeProcess) ->
     """A trade whose result would not be finite is refused with a log line, nothing else."""
     mark = node.mark()
     node.type("AAPL 1e308")
-    node.wait_for_view({(A, "AAPL"): 1e308})
+    node.wait_for_view({**READY, (A, "AAPL"): 1e308})
     node.type("AAPL 1e308", "MSFT 1")
-    node.wait_for_view({(A, "AAPL"): 1e308, (A, "MSFT"): 1.0})
+    node.wait_for_view({**READY, (A, "AAPL"): 1e308, (A, "MSFT"): 1.0})
     assert len(node.rows(mark.out)) == 2
     node.wait_for_log("overflow", start=mark.err)
 
@@ -341,7 +345,7 @@ def test_stop_is_graceful(node: NodeProcess, how: str) -> None:
     after applying the trades typed before."""
     if how in ("SIGINT", "SIGTERM"):
         node.type("AAPL 7")
-        node.wait_for_view({(A, "AAPL"): 7.0})  # the console is reading: signal it now
+        node.wait_for_view({**READY, (A, "AAPL"): 7.0})  # the console is reading: signal it
         node.send_signal(signal.SIGINT if how == "SIGINT" else signal.SIGTERM)
     elif how == "EOF":
         node.type("AAPL 7")
@@ -350,7 +354,7 @@ def test_stop_is_graceful(node: NodeProcess, how: str) -> None:
     else:
         node.type("AAPL 7", how, "AAPL 1000")
     assert node.wait_for_exit() == 0, "".join(node.errors)
-    assert node.nets() == {(A, "AAPL"): 7.0}, "a trade typed before the stop was lost"
+    assert node.nets() == {**READY, (A, "AAPL"): 7.0}, "a trade typed before the stop was lost"
     log = "".join(node.errors)
     assert "Traceback" not in log and f"{A} stopped" in log, log
 
