@@ -170,6 +170,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help=f"largest frame accepted from a peer (default: {DEFAULT_MAX_FRAME_SIZE})",
     )
     parser.add_argument(
+        "--relay",
+        action="store_true",
+        help="forward every change to the other peers and include every strategy's positions"
+        " in the sync, so a partial mesh (e.g. a chain A - B - C) converges",
+    )
+    parser.add_argument(
         "--snapshot-at",
         metavar="HH:MM",
         type=_time_of_day,
@@ -210,6 +216,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
             recovery_timeout=args.recovery_timeout,
             fsync=args.fsync,
             snapshot_at=args.snapshot_at,
+            relay=args.relay,
         )
     except NodeError as exc:
         parser.error(str(exc))

@@ -85,9 +85,12 @@ class Engine:
         out: Output,
         recovery_timeout: float = 5.0,
         recovery_grace: float = 0.5,
+        relay: bool = False,
         max_queue: int = 65536,
     ) -> None:
         self.name = name
+        self.relay = relay
+        self.sent = 0  # positions queued to peers (each copy counts), under the publish lock
         self._peer = peer
         self._store = store
         self._out = out
@@ -210,12 +213,22 @@ class Engine:
         """
         other = conn.name
         assert other is not None
+        relayed: list[Position] = []
         with self._book_lock:
             own = self._book.of_strategy(self.name)
+            if self.relay and conn.protocol.peer_relays:
+                relayed = self._book.not_of(self.name, other)
             echo = self._book.of_strategy(other)
-        data = b"".join(map(encode_position, own)) + b"".join(map(encode_position, echo))
-        conn.send(data + encode(SyncDone(len(own) + len(echo))), bounded=False)
-        logger.debug("sent {} own and {} echoed positions to {}", len(own), len(echo), other)
+        positions = own + relayed + echo
+        data = b"".join(map(encode_position, positions))
+        conn.send(data + encode(SyncDone(len(positions))), bounded=False)
+        logger.debug(
+            "sent {} own, {} relayed and {} echoed positions to {}",
+            len(own),
+            len(relayed),
+            len(echo),
+            other,
+        )
 
     def _on_identified(self, address: str, strategy: str) -> None:
         with self._synced_cond:
@@ -308,6 +321,8 @@ class Engine:
         book = self._book
         changes: list[Position] = []
         own_changes: list[Position] = []
+        relayed: list[tuple[Position, Connection]] = []
+        relay = self.relay
         bases: list[Position] = []
         journal: list[JournalEntry] = []
         synced: list[str] = []
@@ -321,6 +336,8 @@ class Engine:
                         if message.strategy != name:
                             if apply(message):
                                 changes.append(message)
+                                if relay:
+                                    relayed.append((message, conn))
                             continue
                         if not publishing:
                             # Own positions may need the store: take the publish lock now,
@@ -345,7 +362,14 @@ class Engine:
             self._book_lock.release()
         try:
             # Own positions learnt back are broadcast: a peer may have missed them too.
-            self._publish(changes, clock, broadcast=own_changes, journal=journal, bases=bases)
+            self._publish(
+                changes,
+                clock,
+                broadcast=own_changes,
+                relayed=relayed,
+                journal=journal,
+                bases=bases,
+            )
         finally:
             self._publish_lock.release()
         if synced:
@@ -404,21 +428,45 @@ class Engine:
         clock: int,
         *,
         broadcast: list[Position],
+        relayed: list[tuple[Position, Connection]] | None = None,
         journal: list[JournalEntry] | None = None,
         bases: list[Position] | None = None,
     ) -> None:
-        """Commit, broadcast, print and notify. Caller holds the publish lock."""
+        """Commit, send, print and notify. Caller holds the publish lock.
+
+        ``broadcast`` (own positions) goes to every peer; with relay, each of ``relayed`` (a
+        change received from a connection) goes to every relaying peer but the one it came
+        from and its owner. Only changes are sent, so relaying stops by itself.
+        """
         assert self._publish_lock.locked()
         if not changes and not bases:
             return
         self._store.commit(changes, clock, journal or (), bases or ())
         if not changes:
             return
-        if broadcast:
-            self._peer.broadcast(b"".join(map(encode_position, broadcast)))
+        if relayed:
+            self._relay(broadcast, relayed)
+        elif broadcast:
+            self.sent += len(broadcast) * self._peer.broadcast(
+                b"".join(map(encode_position, broadcast))
+            )
         self._out.write("".join([p.row() + "\n" for p in changes]))
         for subscriber in self._subscribers:
             subscriber.deliver(changes)
+
+    def _relay(self, broadcast: list[Position], relayed: list[tuple[Position, Connection]]) -> None:
+        own = b"".join(map(encode_position, broadcast))
+        frames = [(encode_position(p), p.strategy, source) for p, source in relayed]
+        for conn in self._peer.connections():
+            parts = [own] if own else []
+            count = len(broadcast)
+            if conn.protocol.peer_relays:
+                for frame, owner, source in frames:
+                    if source is not conn and owner != conn.name:
+                        parts.append(frame)
+                        count += 1
+            if parts and conn.send(b"".join(parts)):
+                self.sent += count
 
     # Recovery window.
 

@@ -50,6 +50,7 @@ class Config:
     recovery_timeout: float = 5.0
     fsync: bool = False
     snapshot_at: dt.time | None = None  # local time of the daily end-of-day snapshot
+    relay: bool = False  # forward changes between peers, for a partial mesh
 
     def __post_init__(self) -> None:
         if not valid_strategy(self.name):
@@ -152,6 +153,7 @@ class Node:
                 port=config.port,
                 peers=config.peers,
                 limits=config.limits,
+                relay=config.relay,
             )
             try:
                 peer.listen()
@@ -171,6 +173,7 @@ class Node:
                 store,
                 out=self.output,
                 recovery_timeout=config.recovery_timeout,
+                relay=config.relay,
             )
             stored = self._engine.positions()
             logger.info("store {} holds {} position(s)", store.path, len(stored))

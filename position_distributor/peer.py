@@ -36,6 +36,7 @@ _SEND_SLICE: Final = 1 << 20  # each sendall is bounded in time by the socket ti
 _HEARTBEAT: Final = encode(Heartbeat())
 _STOP: Final = None  # writer sentinel: send what is queued before it, then shut down
 _DUPLICATE: Final = "already connected to"
+_IDLE_HEARTBEATS: Final = 5  # a peer silent for this many of its heartbeat intervals is dead
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class Connection:
             listen_port=peer.port,
             max_frame_size=peer.limits.max_frame_size,
             relay=peer.relay,
+            heartbeat_ms=round(peer.limits.heartbeat_interval * 1000),
         )
         self.ready = False  # handshake complete and registered as the live connection
         self.last_heard = time.monotonic()
@@ -201,7 +203,7 @@ class Connection:
                     data = sock.recv(_RECV_SIZE)
                 except TimeoutError:
                     if self.ready:
-                        reason = f"peer silent for {limits.idle_timeout:g}s"
+                        reason = f"peer silent for {self._idle_timeout():g}s"
                     else:
                         reason = f"no Hello within {limits.hello_timeout:g}s"
                     break
@@ -226,7 +228,7 @@ class Connection:
                             reason = refusal
                             return reason
                         self.ready = True
-                        sock.settimeout(limits.idle_timeout)
+                        sock.settimeout(self._idle_timeout())
                         logger.info(
                             "connected to {} at {} ({})",
                             self.name,
@@ -248,6 +250,12 @@ class Connection:
         finally:
             self._finish(reason)
         return self._closed_reason or reason
+
+    def _idle_timeout(self) -> float:
+        """Silence tolerated: our idle timeout, or longer for a peer with a slower heartbeat."""
+        hello = self.protocol.peer
+        peer_interval = 0.0 if hello is None else hello.heartbeat_ms / 1000
+        return max(self._peer.limits.idle_timeout, _IDLE_HEARTBEATS * peer_interval)
 
     def join_writer(self, timeout: float | None = None) -> None:
         """Wait for the writer thread to end, if it was started (the reader starts it)."""
@@ -427,11 +435,9 @@ class Peer:
         """Every live connection (handshake complete), one per peer strategy."""
         return self._live_snapshot
 
-    def broadcast(self, data: bytes, *, exclude: Connection | None = None) -> None:
-        """Queue ``data`` on every live connection except ``exclude``."""
-        for conn in self._live_snapshot:
-            if conn is not exclude:
-                conn.send(data)
+    def broadcast(self, data: bytes, *, exclude: Connection | None = None) -> int:
+        """Queue ``data`` on every live connection but ``exclude``; return on how many."""
+        return sum(conn.send(data) for conn in self._live_snapshot if conn is not exclude)
 
     def status(self) -> list[PeerStatus]:
         """What ``peers`` shows: configured addresses, then peers that dialled us (or left)."""

@@ -26,16 +26,20 @@ class SymbolPos(_message.Message):
     def __init__(self, strategy_name: _Optional[str] = ..., symbol: _Optional[str] = ..., net_position: _Optional[float] = ..., timestamp: _Optional[int] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("strategy", "protocol_version", "listen_port", "nonce")
+    __slots__ = ("strategy", "protocol_version", "listen_port", "nonce", "relay", "heartbeat_ms")
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     LISTEN_PORT_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
+    RELAY_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_MS_FIELD_NUMBER: _ClassVar[int]
     strategy: str
     protocol_version: int
     listen_port: int
     nonce: bytes
-    def __init__(self, strategy: _Optional[str] = ..., protocol_version: _Optional[int] = ..., listen_port: _Optional[int] = ..., nonce: _Optional[bytes] = ...) -> None: ...
+    relay: bool
+    heartbeat_ms: int
+    def __init__(self, strategy: _Optional[str] = ..., protocol_version: _Optional[int] = ..., listen_port: _Optional[int] = ..., nonce: _Optional[bytes] = ..., relay: _Optional[bool] = ..., heartbeat_ms: _Optional[int] = ...) -> None: ...
 
 class Auth(_message.Message):
     __slots__ = ("proof",)

@@ -82,10 +82,12 @@ class Protocol:
         listen_port: int = 0,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         relay: bool = False,
+        heartbeat_ms: int = 0,
     ) -> None:
         self.own = own
         self.listen_port = listen_port
         self.relay = relay
+        self.heartbeat_ms = heartbeat_ms
         self.state = State.HELLO
         self.peer: Hello | None = None
         self._decoder = Decoder(max_frame_size)
@@ -95,9 +97,22 @@ class Protocol:
         """The strategy the peer said it runs, once its Hello has been accepted."""
         return None if self.peer is None else self.peer.strategy
 
+    @property
+    def peer_relays(self) -> bool:
+        """Whether the peer accepts positions of strategies other than ours and its own."""
+        return self.peer is not None and self.peer.relay
+
     def hello(self) -> bytes:
         """The frame this side sends first."""
-        return encode(Hello(self.own, PROTOCOL_VERSION, self.listen_port))
+        return encode(
+            Hello(
+                self.own,
+                PROTOCOL_VERSION,
+                self.listen_port,
+                relay=self.relay,
+                heartbeat_ms=self.heartbeat_ms,
+            )
+        )
 
     def receive_data(self, data: bytes) -> list[Event]:
         """Feed received bytes; return the events they complete, in order.

@@ -59,6 +59,8 @@ class Hello(NamedTuple):
     protocol_version: int = PROTOCOL_VERSION
     listen_port: int = 0
     nonce: bytes = b""
+    relay: bool = False
+    heartbeat_ms: int = 0
 
 
 class Auth(NamedTuple):
@@ -101,6 +103,8 @@ def encode(message: Message) -> bytes:
         envelope.hello.protocol_version = message.protocol_version
         envelope.hello.listen_port = message.listen_port
         envelope.hello.nonce = message.nonce
+        envelope.hello.relay = message.relay
+        envelope.hello.heartbeat_ms = message.heartbeat_ms
     elif isinstance(message, SyncDone):
         envelope.sync_done.count = message.count
     elif isinstance(message, Heartbeat):
@@ -145,7 +149,9 @@ def parse(payload: bytes) -> Message:
         return Heartbeat()
     if kind == "hello":
         h = envelope.hello
-        return Hello(h.strategy, h.protocol_version, h.listen_port, h.nonce)
+        return Hello(
+            h.strategy, h.protocol_version, h.listen_port, h.nonce, h.relay, h.heartbeat_ms
+        )
     if kind == "sync_done":
         return SyncDone(envelope.sync_done.count)
     if kind == "auth":
