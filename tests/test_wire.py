@@ -263,6 +263,8 @@ messages: st.SearchStrategy[Message] = st.one_of(
         st.integers(0, 2**32 - 1),
         st.integers(0, 2**32 - 1),
         st.binary(max_size=32),
+        st.booleans(),
+        st.integers(0, 2**32 - 1),
     ),
     st.builds(SyncDone, st.integers(0, 2**64 - 1)),
     st.just(Heartbeat()),
