@@ -448,6 +448,46 @@ def test_a_node_restarted_with_its_data_dir_deleted_recovers_then_trades_on_top(
     rows_c.wait_for_nets(expected)
 
 
+def test_a_late_echo_from_before_the_store_is_a_base_under_the_trades_since(
+    nodes: Nodes, raw_peers: list[RawPeer], tmp_path: Path
+) -> None:
+    """An own position sent back after trades resumed becomes the base they add to."""
+    node, rows = nodes.start("alpha", recovery_timeout=0.0)  # trades apply at once
+    acked = node.trade("AAPL", 10).result(timeout=5)
+    assert acked.net_position == 10.0
+    # A peer that was away at recovery comes back with what alpha held before its loss.
+    base = Position("alpha", "AAPL", 100.0, acked.timestamp - 10**9)
+    raw = RawPeer.connect(node.port, "beta")
+    raw_peers.append(raw)
+    raw.handshake()
+    raw.read_sync()
+
+    raw.send(base, SyncDone(1))
+
+    rebased = raw.read_until(lambda ms: any(m.net_position == 110.0 for m in positions_in(ms)))
+    [position] = [m for m in positions_in(rebased) if m.net_position == 110.0]
+    assert position.timestamp > acked.timestamp
+    rows.wait_for_row(position)
+    assert node.positions() == [position]
+    assert stored(tmp_path / "alpha" / "alpha.sqlite3") == {
+        ("alpha", "AAPL"): (110.0, position.timestamp)
+    }
+    # The same base sent again changes nothing; the next trade adds to the rebased position.
+    again = RawPeer.connect(node.port, "gamma")
+    raw_peers.append(again)
+    again.handshake()
+    again.read_sync()
+    marker = Position("gamma", "Z", 1.0, 1)
+    again.send(base, SyncDone(1), marker)
+    rows.wait_for_row(marker)  # applied in order: the base before it was handled too
+    assert nets_of(node.positions()) == {("alpha", "AAPL"): 110.0, ("gamma", "Z"): 1.0}
+    assert node.trade("AAPL", 1).result(timeout=5).net_position == 111.0
+
+
+def positions_in(messages: list[object]) -> list[Position]:
+    return [m for m in messages if isinstance(m, Position)]
+
+
 # Ownership and the clock.
 
 
