@@ -19,6 +19,7 @@ from loguru import logger
 from .console import HELP, Command, ConsoleError, TradeCommand, parse_line
 from .node import Config, Node, NodeError
 from .peer import Limits
+from .snapshots import format_time
 from .types import format_row
 from .wire import DEFAULT_MAX_FRAME_SIZE
 
@@ -249,6 +250,7 @@ def _lines(stdin: IO[str], stderr: IO[str]) -> Iterator[str]:
 def run_console(node: Node, stdin: IO[str], stderr: IO[str]) -> None:
     """Read commands until EOF, ``exit`` or ``quit``."""
     out = node.output
+    unflushed = False  # trades submitted since the last query
     for line in _lines(stdin, stderr):
         try:
             command = parse_line(line)
@@ -260,11 +262,16 @@ def run_console(node: Node, stdin: IO[str], stderr: IO[str]) -> None:
             continue
         if type(command) is TradeCommand:
             node.submit(command.symbol, command.quantity)
+            unflushed = True
             continue
         assert isinstance(command, Command)
         name = command.name
         if name in ("exit", "quit"):
             return
+        if unflushed and name != "help":
+            # A query sees the trades typed before it (during recovery: once they apply).
+            node.flush()
+            unflushed = False
         if name == "help":
             out.write(HELP)
         elif name == "positions":
@@ -273,6 +280,21 @@ def run_console(node: Node, stdin: IO[str], stderr: IO[str]) -> None:
         elif name == "exposure":
             rows = "".join(f"{symbol} | {net:.6f}\n" for symbol, net in node.exposure().items())
             out.write(f"Exposure\n{rows}\n")
+        elif name == "history":
+            symbol, count = command.args
+            lines = [
+                f"{format_time(e.time_ns)} | {e.symbol} | {e.quantity:+.6f} | {e.net_position:.6f}"
+                f" | {e.timestamp}{'' if e.kind == 'trade' else ' | ' + e.kind}\n"
+                for e in node.history(symbol, int(count))
+            ]
+            out.write(f"History {symbol}\n{''.join(lines) or '(no trades)' + chr(10)}\n")
+        elif name == "snapshot":
+            info = node.snapshot(command.args[0] if command.args else "manual")
+            out.write(
+                f"Snapshot {info.id} {info.label!r} taken: {info.size} position(s)"
+                f" (read it with: python -m position_distributor.snapshots"
+                f" {node.config.data_dir} show {info.id})\n"
+            )
         elif name == "peers":
             lines = []
             for status in node.peers():

@@ -10,7 +10,9 @@ from .types import MAX_SYMBOL_LENGTH, valid_symbol
 
 __all__ = ["COMMANDS", "HELP", "Command", "ConsoleError", "TradeCommand", "parse_line"]
 
-COMMANDS = ("positions", "exposure", "peers", "help", "exit", "quit")
+COMMANDS = ("positions", "exposure", "peers", "history", "snapshot", "help", "exit", "quit")
+MAX_HISTORY = 10_000
+MAX_LABEL = 64
 
 HELP = """\
 Commands:
@@ -18,6 +20,10 @@ Commands:
   positions    every position this node knows, by strategy then symbol
   exposure     the firm's net position per symbol, over every strategy
   peers        each peer: name, address, state, last heard
+  history SYMBOL [N]
+               the last N (default 20) trades of this strategy in SYMBOL, from the journal
+  snapshot [LABEL]
+               copy the whole view (every strategy) into the store's snapshots
   help         this text
   exit, quit   stop this node (so does end of input, Ctrl-D, Ctrl-C)
 Rows: strategy | symbol | net position | timestamp (ns)
@@ -40,6 +46,7 @@ class TradeCommand(NamedTuple):
 
 class Command(NamedTuple):
     name: str  # one of COMMANDS
+    args: tuple[str, ...] = ()  # history: (SYMBOL, N); snapshot: (LABEL,), or () for none
 
 
 def parse_line(line: str) -> TradeCommand | Command | None:
@@ -53,8 +60,12 @@ def parse_line(line: str) -> TradeCommand | Command | None:
     words = line.split()
     if not words:
         return None
+    if len(words) > 1 and words[0] in ("history", "snapshot"):
+        return _parse_command(words)
     if len(words) == 1:
         word = words[0]
+        if word.lower() == "history":
+            raise ConsoleError("expected history SYMBOL [N], e.g. history AAPL 10")
         if word.lower() in COMMANDS:
             return Command(word.lower())
         raise ConsoleError(
@@ -90,3 +101,29 @@ def _show(text: str, limit: int = 40) -> str:
     if len(text) > limit:
         text = text[:limit] + "..."
     return repr(text)
+
+
+def _parse_command(words: list[str]) -> Command:
+    """``history SYMBOL [N]`` or ``snapshot [LABEL]`` (lowercase: ``HISTORY 5`` is a trade)."""
+    name, args = words[0], words[1:]
+    if name == "snapshot":
+        label = " ".join(args)
+        if len(label) > MAX_LABEL or not label.isprintable():
+            raise ConsoleError(
+                f"invalid label {_show(label)}: expected up to {MAX_LABEL} characters"
+            )
+        return Command(name, (label,))
+    if len(args) > 2:
+        raise ConsoleError("expected history SYMBOL [N], e.g. history AAPL 10")
+    symbol = args[0]
+    if not valid_symbol(symbol):
+        raise ConsoleError(
+            f"invalid symbol {_show(symbol)}: expected 1-{MAX_SYMBOL_LENGTH} of letters,"
+            " digits and . _ : / -"
+        )
+    count = args[1] if len(args) == 2 else "20"
+    if not count.isascii() or not count.isdigit() or not 1 <= int(count) <= MAX_HISTORY:
+        raise ConsoleError(
+            f"invalid count {_show(count)}: expected a whole number of trades, 1-{MAX_HISTORY}"
+        )
+    return Command(name, (symbol, count))

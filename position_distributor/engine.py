@@ -67,9 +67,9 @@ class Subscriber:
 
 
 class _Trade(NamedTuple):
-    symbol: str
+    symbol: str  # "" for a barrier (see Engine.barrier)
     quantity: float
-    future: Future[Position] | None
+    future: Future[Any] | None
 
 
 class Engine:
@@ -171,6 +171,12 @@ class Engine:
     def submit(self, symbol: str, quantity: float, future: Future[Position] | None = None) -> None:
         """Queue a validated trade; blocks while the trade queue is full (backpressure)."""
         self._trades.put(_Trade(symbol, quantity, future))
+
+    def barrier(self) -> Future[None]:
+        """A future done once every trade submitted before it is applied and published."""
+        future: Future[None] = Future()
+        self._trades.put(_Trade("", 0.0, future))
+        return future
 
     def positions(self) -> list[Position]:
         """Every position held, sorted by strategy then symbol."""
@@ -280,12 +286,16 @@ class Engine:
         book = self._book
         changes: list[Position] = []
         journal: list[JournalEntry] = []
-        futures: list[tuple[Future[Position], Position | TradeError]] = []
+        futures: list[tuple[Future[Any], Position | TradeError | None]] = []
         now_ns = time.time_ns()
         self._book_lock.acquire()
         try:
             next_ts = self._clock.next
             for symbol, quantity, future in trades:
+                if not symbol:  # a barrier: done once everything before it is published
+                    if future is not None:
+                        futures.append((future, None))
+                    continue
                 current = book.get(name, symbol)
                 net = (0.0 if current is None else current.net_position) + quantity
                 if not math.isfinite(net):

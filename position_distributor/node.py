@@ -243,6 +243,17 @@ class Node:
         """Queue an already validated trade without a future (the console's fast path)."""
         self._started().submit(symbol, quantity)
 
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every trade submitted so far is applied (or refused); False on timeout.
+
+        While the node recovers a lost store, that includes waiting for the recovery.
+        """
+        try:
+            self._started().barrier().result(timeout)
+        except TimeoutError:
+            return False
+        return True
+
     def positions(self) -> list[Position]:
         """Every position this node holds, sorted by strategy then symbol."""
         return self._started().positions()

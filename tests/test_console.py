@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import string
 
 import pytest
@@ -43,16 +44,25 @@ def test_trades(line: str, trade: TradeCommand) -> None:
     assert parse_line(line) == trade
 
 
-@pytest.mark.parametrize("name", COMMANDS)
+@pytest.mark.parametrize("name", [c for c in COMMANDS if c != "history"])
 def test_commands(name: str) -> None:
-    """Each command word is a command, in any letter case and with a line ending."""
+    """Each command word that takes no argument is a command, in any case, with a line ending."""
     assert parse_line(name) == Command(name)
     assert parse_line(f"  {name.upper()}\n") == Command(name)
 
 
 def test_command_list() -> None:
-    """The console knows exactly the commands DESIGN.md lists, and help mentions each."""
-    assert set(COMMANDS) == {"positions", "exposure", "peers", "help", "exit", "quit"}
+    """The console knows DESIGN.md's commands plus history and snapshot; help mentions each."""
+    assert set(COMMANDS) == {
+        "positions",
+        "exposure",
+        "peers",
+        "history",
+        "snapshot",
+        "help",
+        "exit",
+        "quit",
+    }
     for name in COMMANDS:
         assert name in HELP
     assert "SYMBOL QTY" in HELP
@@ -151,3 +161,40 @@ def test_any_line_is_a_command_or_a_console_error(line: str) -> None:
         assert valid_symbol(result.symbol)
         assert math.isfinite(result.quantity)
         assert result.quantity != 0
+
+
+@pytest.mark.parametrize(
+    ("line", "command"),
+    [
+        ("history AAPL", Command("history", ("AAPL", "20"))),
+        ("history 7203 5", Command("history", ("7203", "5"))),
+        ("snapshot", Command("snapshot")),
+        ("snapshot end of day", Command("snapshot", ("end of day",))),
+    ],
+)
+def test_history_and_snapshot_take_arguments(line: str, command: Command) -> None:
+    """``history SYMBOL [N]`` (N defaults to 20) and ``snapshot [LABEL]`` parse their arguments."""
+    assert parse_line(line) == command
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("history", "history SYMBOL [N]"),
+        ("history AAPL 1 2", "history SYMBOL [N]"),
+        ("history AAPL x", "whole number"),
+        ("history AAPL 0", "whole number"),
+        ("history AAPL 10001", "whole number"),
+        ("history A$PL", "invalid symbol"),
+        ("snapshot " + "x" * 65, "up to 64 characters"),
+    ],
+)
+def test_bad_history_and_snapshot_say_what_is_expected(line: str, expected: str) -> None:
+    """A malformed ``history`` or ``snapshot`` line is refused with what was expected."""
+    with pytest.raises(ConsoleError, match=re.escape(expected)):
+        parse_line(line)
+
+
+def test_uppercase_history_is_a_trade() -> None:
+    """Only lowercase ``history`` is a command: ``HISTORY 5`` trades the symbol HISTORY."""
+    assert parse_line("HISTORY 5") == TradeCommand("HISTORY", 5.0)
