@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from position_distributor.store import SCHEMA_VERSION, Store, StoreError
+from position_distributor.store import SCHEMA_VERSION, JournalEntry, Store, StoreError
 from position_distributor.types import Position
 
 AAPL = Position("alpha", "AAPL", 100.0, 1_742_308_549_773_254_000)
@@ -137,6 +137,40 @@ def test_the_store_stays_usable_after_a_failed_commit(store: Store) -> None:
     assert read_rows(store.path) == {("alpha", "AAPL"): (100.0, AAPL.timestamp)}
 
 
+def test_journal_entries_and_bases_commit_with_the_positions_or_not_at_all(store: Store) -> None:
+    """A journal entry that cannot be stored rolls back that commit's positions and clock."""
+    trade = JournalEntry(1, "AAPL", 100.0, 100.0, AAPL.timestamp)
+    bad = JournalEntry(2, None, 1.0, 101.0, AAPL.timestamp + 1)  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.IntegrityError):
+        store.commit([AAPL], AAPL.timestamp, [trade, bad], bases=[MSFT])
+
+    assert store.load() == ([], 0)
+    assert store.history("AAPL", 10) == []
+    assert store.bases() == {}
+
+    store.commit([AAPL], AAPL.timestamp, [trade], bases=[MSFT])
+    assert store.history("AAPL", 10) == [trade]
+    assert store.bases() == {"MSFT": MSFT.timestamp}
+
+
+def test_the_journal_knows_what_this_store_issued_and_the_trades_since(store: Store) -> None:
+    """issued() finds a journalled timestamp; quantities() lists trades in order, not rebases."""
+    entries = [
+        JournalEntry(1, "AAPL", 10.0, 10.0, 100),
+        JournalEntry(2, "MSFT", 1.0, 1.0, 101),
+        JournalEntry(3, "AAPL", 90.0, 100.0, 102, "rebase"),
+        JournalEntry(4, "AAPL", -3.0, 97.0, 103),
+    ]
+    store.commit([Position("alpha", "AAPL", 97.0, 103)], 103, entries)
+
+    assert store.issued("AAPL", 100) and store.issued("AAPL", 103)
+    assert not store.issued("AAPL", 101)  # MSFT's timestamp
+    assert not store.issued("AAPL", 99)
+    assert store.quantities("AAPL") == [10.0, -3.0]
+    assert [e.kind for e in store.history("AAPL", 10)] == ["trade", "rebase", "trade"]
+    assert store.history("AAPL", 2) == entries[2:]
+
+
 def test_a_new_store_needs_recovery_until_marked_recovered(tmp_path: Path) -> None:
     """A new store needs recovery; mark_recovered clears that, and it persists across reopen."""
     store = Store(tmp_path, "alpha")
@@ -259,6 +293,20 @@ def test_a_data_dir_where_the_lock_cannot_be_written_gives_a_store_error(tmp_pat
         match=rf"(?i)cannot write to data dir {re.escape(str(tmp_path))}: is a directory",
     ):
         Store(tmp_path, "alpha")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through file permissions")
+def test_a_read_only_store_file_is_refused_when_opened(tmp_path: Path) -> None:
+    """A store file that cannot be written fails at open, not at the first trade."""
+    Store(tmp_path, "alpha").close()
+    for path in tmp_path.glob("alpha.sqlite3*"):
+        path.chmod(0o444)
+    try:
+        with pytest.raises(StoreError, match=r"cannot use store .*alpha\.sqlite3"):
+            Store(tmp_path, "alpha")
+    finally:
+        for path in tmp_path.glob("alpha.sqlite3*"):
+            path.chmod(0o644)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through file permissions")
