@@ -141,6 +141,33 @@ def test_a_row_is_printed_only_after_its_commit(nodes: Nodes, tmp_path: Path) ->
     assert problems == []
 
 
+class BrokenPipe(Rows):
+    """A stdout whose reader went away (``position-distributor ... | head -2``)."""
+
+    def __init__(self, rows_before: int) -> None:
+        super().__init__()
+        self.rows_before = rows_before
+
+    def write(self, text: str) -> int:
+        if len(self.lines.snapshot()) >= self.rows_before:
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(text)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: an exception from the output stream (BrokenPipeError) kills the trade"
+    " consumer: the committed trade's future never resolves and no later trade applies",
+)
+def test_trading_goes_on_when_the_output_stream_breaks(nodes: Nodes) -> None:
+    """Rows that cannot be printed do not stop trades from applying and their futures resolving."""
+    node, out = nodes.start("alpha", rows=BrokenPipe(rows_before=2))
+    results = [node.trade("AAPL", 1).result(timeout=2) for _ in range(5)]
+
+    assert [p.net_position for p in results] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert out.lines.snapshot() == [results[0].row(), results[1].row()]
+
+
 def test_a_change_that_changes_nothing_prints_nothing(
     nodes: Nodes, raw_peers: list[RawPeer]
 ) -> None:
