@@ -98,6 +98,18 @@ def test_trade_rejects_a_bad_symbol_or_quantity_with_value_error(
     assert rows.rows() == [good]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: trade() with an int too large for a float raises OverflowError from"
+    " math.isfinite, not ValueError",
+)
+def test_trade_rejects_an_int_too_large_for_a_float_with_value_error(nodes: Nodes) -> None:
+    """An integer quantity beyond float range is a bad quantity like inf: ValueError."""
+    node, _ = nodes.start("alpha")
+    with pytest.raises(ValueError, match="invalid quantity"):
+        node.trade("AAPL", 10**400)
+
+
 @pytest.mark.parametrize("symbol", ["7203", "BRK.B", "ES:H5", "EUR/USD", "a_b-c", "A" * 32])
 def test_trade_accepts_symbols_as_exchanges_spell_them(nodes: Nodes, symbol: str) -> None:
     """Numeric, dotted, colon, slash, underscore, dash and 32-character symbols are valid."""
