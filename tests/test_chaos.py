@@ -10,12 +10,13 @@ node), plus each unacknowledged trade that the restarted node's store shows was 
 
 A store is deleted only once every other node is alive and has printed the node's last
 acknowledged positions, with no trade of it outstanding: then a lost store loses nothing, and
-anything missing at the end is a bug. (The issue's weaker rule, "once they have reached one
-peer", is ``CHAOS_WIPE_RULE=one``: it loses acknowledged trades now and then, because a node
-recovering a lost store stops waiting as soon as its configured peers have synced, stale or
-not; ``test_stateful_nodes.py`` pins that down in three strict-xfail scenarios.) The seed and
-the schedule are printed; replay a failing run with ``CHAOS_SEED=<seed> pytest
-tests/test_chaos.py`` (and the same ``CHAOS_WIPE_RULE``, ``CHAOS_DURATION``, ``CHAOS_NODES``).
+anything missing at the end is a bug. (With the issue's weaker rule, "once they have reached
+one peer", a node may recover from a stale peer, trade, and only later get the newer position
+from the peer that held it, which the node then rebases its trades on: rows of transiently
+wrong values that this ledger, which matches rows to trades by value, does not model. That
+case is pinned down deterministically in ``test_stateful_nodes.py``.) The seed and the
+schedule are printed; replay a failing run with ``CHAOS_SEED=<seed> pytest tests/test_chaos.py``
+(with the same ``CHAOS_DURATION`` and ``CHAOS_NODES``).
 """
 
 from __future__ import annotations
@@ -35,20 +36,15 @@ from .faultproxy import FaultProxy, Partition
 pytestmark = pytest.mark.slow
 
 SYMBOLS = ("AAPL", "MSFT", "7203", "BRK.B", "ES:H6")
-WIPE_RULES = ("all", "one")
 
 
 class Chaos:
     """The random schedule: what to do next, done to a ``ChaosCluster``, and its log."""
 
-    def __init__(
-        self, cluster: ChaosCluster, seed: int, *, wipe_rule: str = "all", echo: bool = True
-    ) -> None:
-        assert wipe_rule in WIPE_RULES
+    def __init__(self, cluster: ChaosCluster, seed: int, *, echo: bool = True) -> None:
         self.cluster = cluster
         self.rng = random.Random(seed)
         self.seed = seed
-        self.wipe_rule = wipe_rule
         self.echo = echo
         self.schedule: list[str] = []
         self.partitions: list[Partition] = []
@@ -151,7 +147,7 @@ class Chaos:
 
     def safe_to_wipe(self, node: ChaosNode) -> bool:
         """No trade outstanding, and its last acknowledged positions printed by every other
-        node (rule "all") or by at least one other live node (rule "one", the issue's)."""
+        node, alive."""
         if node.ledger.outstanding:
             return False
         others = [n for n in self.cluster.nodes.values() if n is not node]
@@ -163,9 +159,7 @@ class Chaos:
         def has_all(other: ChaosNode) -> bool:
             return other.alive and all(other.view.get(k) == v for k, v in own.items())
 
-        if self.wipe_rule == "all":
-            return all(has_all(o) for o in others)
-        return any(has_all(o) for o in others)
+        return all(has_all(o) for o in others)
 
     def restart(self) -> None:
         dead = [n for n in self.cluster.nodes.values() if not n.alive]
@@ -292,8 +286,7 @@ class Chaos:
         cluster = self.cluster
         expected = cluster.expected()
         lines = [
-            f"{what} (deadline {timeout:g}s; CHAOS_SEED={self.seed}"
-            f" CHAOS_WIPE_RULE={self.wipe_rule})",
+            f"{what} (deadline {timeout:g}s; CHAOS_SEED={self.seed})",
             "schedule (tail):",
         ]
         lines += self.schedule[-40:]
@@ -317,14 +310,12 @@ class Chaos:
         return "\n".join(lines)
 
 
-def run_chaos(
-    root: Path, seed: int, *, duration: float, nodes: int, wipe_rule: str = "all"
-) -> Chaos:
+def run_chaos(root: Path, seed: int, *, duration: float, nodes: int) -> Chaos:
     """Run one chaos schedule to the end and check it; return it for the caller's report."""
     rng = random.Random(seed)
     both_ways = rng.random() < 0.5
     cluster = ChaosCluster(root, nodes, both_ways=both_ways)
-    chaos = Chaos(cluster, rng.randrange(2**32), wipe_rule=wipe_rule)
+    chaos = Chaos(cluster, rng.randrange(2**32))
     chaos.seed = seed
     try:
         chaos.note(
@@ -380,9 +371,8 @@ def test_chaos_converges_to_the_acknowledged_trades(tmp_path: Path) -> None:
     seed = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(2**32))
     duration = float(os.environ.get("CHAOS_DURATION", "35"))
     nodes = int(os.environ.get("CHAOS_NODES", "4"))
-    wipe_rule = os.environ.get("CHAOS_WIPE_RULE", "all")
     print(f"CHAOS_SEED={seed}", flush=True)
-    chaos = run_chaos(tmp_path, seed, duration=duration, nodes=nodes, wipe_rule=wipe_rule)
+    chaos = run_chaos(tmp_path, seed, duration=duration, nodes=nodes)
     assert chaos.counts.get("trades typed", 0) > 0
     assert any(k.startswith("kill") for k in chaos.counts)
 
