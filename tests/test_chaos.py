@@ -16,7 +16,8 @@ from the peer that held it, which the node then rebases its trades on: rows of t
 wrong values that this ledger, which matches rows to trades by value, does not model. That
 case is pinned down deterministically in ``test_stateful_nodes.py``.) The seed and the
 schedule are printed; replay a failing run with ``CHAOS_SEED=<seed> pytest tests/test_chaos.py``
-(with the same ``CHAOS_DURATION`` and ``CHAOS_NODES``).
+(with the same ``CHAOS_DURATION`` and ``CHAOS_NODES``): the same random draws, though what
+they meet (which node is settled, how far a trade got before a kill) depends on timing.
 """
 
 from __future__ import annotations
