@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import io
+import os
 import re
 import signal
 import sys
@@ -105,6 +106,11 @@ def _time_of_day(text: str) -> dt.time:
         ) from None
 
 
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(
         prog=PROG,
@@ -184,6 +190,45 @@ def _build_parser() -> argparse.ArgumentParser:
         help="take a snapshot of the whole view every day at HH:MM local time, labelled"
         " 'eod YYYY-MM-DD' (read it with python -m position_distributor.snapshots)",
     )
+    security = parser.add_argument_group(
+        "security",
+        "Without --secret-file or TLS, any process that can reach the port can read and write"
+        " positions: the node says so at start, and listens only on loopback addresses.",
+    )
+    security.add_argument(
+        "--secret-file",
+        metavar="PATH",
+        type=Path,
+        default=_env_path("PD_SECRET_FILE"),
+        help="cluster secret(s), one per line: every connection proves both ways that the"
+        " peer holds one (the first line proves, all lines are accepted, for rotation)"
+        " (default: $PD_SECRET_FILE)",
+    )
+    security.add_argument(
+        "--tls-cert",
+        metavar="PATH",
+        type=Path,
+        help="this node's certificate (PEM), whose name must be its strategy",
+    )
+    security.add_argument("--tls-key", metavar="PATH", type=Path, help="its private key (PEM)")
+    security.add_argument(
+        "--tls-ca",
+        metavar="PATH",
+        type=Path,
+        help="the CA certificate (PEM) that must have signed every peer's certificate",
+    )
+    security.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --bind with neither a secret nor TLS",
+    )
+    security.add_argument(
+        "--max-connections",
+        metavar="N",
+        type=int,
+        default=Limits.max_connections,
+        help=f"connections open at once, handshaking or not (default: {Limits.max_connections})",
+    )
     parser.add_argument(
         "--fsync",
         action="store_true",
@@ -201,10 +246,13 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
         parser.error("--heartbeat must be above 0")
     if args.max_frame_size < 1024:
         parser.error("--max-frame-size must be at least 1024")
+    if args.max_connections < 1:
+        parser.error("--max-connections must be at least 1")
     limits = Limits(
         max_frame_size=args.max_frame_size,
         heartbeat_interval=args.heartbeat,
         idle_timeout=5 * args.heartbeat,
+        max_connections=args.max_connections,
     )
     try:
         config = Config(
@@ -218,6 +266,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
             fsync=args.fsync,
             snapshot_at=args.snapshot_at,
             relay=args.relay,
+            secret_file=args.secret_file,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_ca=args.tls_ca,
+            insecure=args.insecure,
         )
     except NodeError as exc:
         parser.error(str(exc))

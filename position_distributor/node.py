@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import math
 import os
+import ssl
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import Future
@@ -16,10 +18,12 @@ from typing import IO, Any
 import janus
 from loguru import logger
 
+from . import auth
 from .dispatcher import EventDispatcher
 from .engine import Engine, Output, Subscriber
 from .peer import Limits, Peer, PeerStatus
 from .store import JournalEntry, SnapshotInfo, Store, StoreError
+from .transport import TlsError, make_tls_contexts
 from .types import MAX_SYMBOL_LENGTH, Position, valid_strategy, valid_symbol
 
 __all__ = ["Config", "Node", "NodeError", "UpdatesOverflow"]
@@ -51,6 +55,20 @@ class Config:
     fsync: bool = False
     snapshot_at: dt.time | None = None  # local time of the daily end-of-day snapshot
     relay: bool = False  # forward changes between peers, for a partial mesh
+    secret_file: Path | None = None  # cluster secrets, one per line (see auth.py)
+    tls_cert: Path | None = None  # this node's certificate, for mutual TLS
+    tls_key: Path | None = None
+    tls_ca: Path | None = None  # the CA that signs every node's certificate
+    insecure: bool = False  # allow a non-loopback bind with neither secret nor TLS
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether peers must prove who they are (a cluster secret, or TLS, or both)."""
+        return self.secret_file is not None or self.tls
 
     def __post_init__(self) -> None:
         if not valid_strategy(self.name):
@@ -61,6 +79,23 @@ class Config:
             raise NodeError(f"invalid port {self.port}: expected 0-65535")
         if self.recovery_timeout < 0:
             raise NodeError("recovery timeout must not be negative")
+        tls = (self.tls_cert, self.tls_key, self.tls_ca)
+        if any(path is not None for path in tls) and any(path is None for path in tls):
+            raise NodeError("TLS needs all three of --tls-cert, --tls-key and --tls-ca")
+        if not self.authenticated and not self.insecure and not _is_loopback(self.bind):
+            raise NodeError(
+                f"refusing to listen on {self.bind} with neither --secret-file nor TLS: anyone"
+                " who can reach it could read and write positions (--insecure to do it anyway)"
+            )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: not known to be loopback
 
 
 _END = None  # the node stopped: the iterator ends
@@ -115,6 +150,7 @@ class Node:
         self._engine: Engine | None = None
         self._state = "new"
         self._stop_timer = threading.Event()
+        self._warnings: list[str] = []
         self._timer: threading.Thread | None = None
         # Mutex serializing start() and stop().
         self._lock = threading.Lock()
@@ -146,6 +182,7 @@ class Node:
                 raise NodeError(f"node {self.name} is {self._state}; a Node starts once")
             self._state = "stopped"  # unless everything below succeeds
             config = self.config
+            secrets, tls = self._credentials()
             peer = Peer(
                 config.name,
                 self._dispatcher,
@@ -154,6 +191,8 @@ class Node:
                 peers=config.peers,
                 limits=config.limits,
                 relay=config.relay,
+                secrets=secrets,
+                tls=tls,
             )
             try:
                 peer.listen()
@@ -177,6 +216,7 @@ class Node:
             )
             stored = self._engine.positions()
             logger.info("store {} holds {} position(s)", store.path, len(stored))
+            self._say_how_peers_are_checked(secrets, peer.port)
             self.output.write("".join(p.row() + "\n" for p in stored))
             peer.start()
             self._engine.start()
@@ -190,6 +230,47 @@ class Node:
                 self._timer.start()
             self._state = "running"
         return self
+
+    def _credentials(
+        self,
+    ) -> tuple[list[bytes] | None, tuple[ssl.SSLContext, ssl.SSLContext] | None]:
+        """Load the cluster secrets and the TLS contexts the config names, or say why not."""
+        config = self.config
+        secrets = None
+        if config.secret_file is not None:
+            try:
+                secrets, warning = auth.load_secrets(config.secret_file)
+            except auth.SecretError as exc:
+                raise NodeError(str(exc)) from exc
+            if warning:
+                self._warnings.append(warning)
+        tls = None
+        if config.tls_cert is not None:
+            assert config.tls_key is not None and config.tls_ca is not None
+            try:
+                tls = make_tls_contexts(config.tls_cert, config.tls_key, config.tls_ca)
+            except TlsError as exc:
+                raise NodeError(str(exc)) from exc
+        return secrets, tls
+
+    def _say_how_peers_are_checked(self, secrets: list[bytes] | None, port: int) -> None:
+        config = self.config
+        for warning in self._warnings:
+            logger.warning(warning)
+        checks = []
+        if secrets:
+            checks.append(f"a cluster secret ({len(secrets)} accepted)")
+        if config.tls:
+            checks.append("TLS certificates naming their strategy")
+        if checks:
+            logger.info("peers must prove who they are: {}", " and ".join(checks))
+        else:
+            logger.warning(
+                "no --secret-file or TLS: any process that can reach {}:{} can read and write"
+                " positions",
+                config.bind,
+                port,
+            )
 
     def stop(self) -> None:
         """Apply queued trades, flush them to peers, close every connection and thread."""

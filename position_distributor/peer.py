@@ -18,6 +18,7 @@ import contextlib
 import queue
 import random
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -27,16 +28,17 @@ from loguru import logger
 
 from .dispatcher import Event, EventDispatcher
 from .protocol import Protocol, Ready, RemoteProtocolError
+from .transport import TlsTransport, Transport
 from .wire import DEFAULT_MAX_FRAME_SIZE, Heartbeat, encode
 
 __all__ = ["Connection", "Limits", "Peer", "PeerStatus"]
 
-_RECV_SIZE: Final = 256 * 1024
 _SEND_SLICE: Final = 1 << 20  # each sendall is bounded in time by the socket timeout
 _HEARTBEAT: Final = encode(Heartbeat())
 _STOP: Final = None  # writer sentinel: send what is queued before it, then shut down
 _DUPLICATE: Final = "already connected to"
 _IDLE_HEARTBEATS: Final = 5  # a peer silent for this many of its heartbeat intervals is dead
+_REFUSAL_LOG_INTERVAL: Final = 60.0  # seconds before the same refusal is logged again
 
 
 @dataclass(frozen=True)
@@ -91,9 +93,21 @@ class Connection:
             max_frame_size=peer.limits.max_frame_size,
             relay=peer.relay,
             heartbeat_ms=round(peer.limits.heartbeat_interval * 1000),
+            secrets=peer.secrets,
         )
         self.ready = False  # handshake complete and registered as the live connection
         self.last_heard = time.monotonic()
+        self._transport: Transport
+        if peer.tls is None:
+            self._transport = Transport(sock)
+        else:
+            server, client = peer.tls
+            self._transport = TlsTransport(
+                sock,
+                client if connector is not None else server,
+                server_side=connector is None,
+                wake_writer=lambda: self._queue.put(b""),
+            )
         self._peer = peer
         self._sock = sock
         # Mutex protecting the byte counts and _closed_reason (the send side's state).
@@ -184,13 +198,25 @@ class Connection:
         peer = self._peer
         limits = peer.limits
         sock = self._sock
+        protocol = self.protocol
         reason = "closed"
+        hello_deadline = time.monotonic() + limits.hello_timeout
         try:
+            if isinstance(self._transport, TlsTransport):
+                try:
+                    protocol.certified_names = self._transport.handshake(hello_deadline)
+                except ssl.SSLError as exc:
+                    reason = f"TLS handshake failed: {exc.reason or exc}"
+                    return reason
+                except TimeoutError:
+                    reason = f"no TLS handshake within {limits.hello_timeout:g}s"
+                    return reason
             self._writer.start()
-            self.send(self.protocol.hello(), bounded=False)
-            receive_data = self.protocol.receive_data
+            self.send(protocol.hello(), bounded=False)
+            receive_data = protocol.receive_data
+            data_to_send = protocol.data_to_send
+            recv = self._transport.recv
             fire = peer.dispatcher.fire
-            hello_deadline = time.monotonic() + limits.hello_timeout
             while True:
                 if not self.ready:
                     # The Hello deadline is absolute: trickling bytes do not extend it.
@@ -200,7 +226,7 @@ class Connection:
                         break
                     sock.settimeout(left)
                 try:
-                    data = sock.recv(_RECV_SIZE)
+                    data = recv()
                 except TimeoutError:
                     if self.ready:
                         reason = f"peer silent for {self._idle_timeout():g}s"
@@ -214,7 +240,10 @@ class Connection:
                     break  # closed by another thread (replaced, too slow, stopping)
                 self.last_heard = time.monotonic()
                 messages = []
-                for event in receive_data(data):
+                events = receive_data(data)
+                if not self.ready and (out := data_to_send()):
+                    self.send(out, bounded=False)  # the Auth proof, before anything after it
+                for event in events:
                     if type(event) is Ready:
                         connector = self.connector
                         if connector is not None and connector.strategy != self.name:
@@ -242,6 +271,9 @@ class Connection:
                     fire(Event.MESSAGE, self, messages)
         except RemoteProtocolError as exc:
             reason = f"protocol error: {exc}"
+            # What we queued (our Hello, our Auth proof) still goes out, so the peer can tell
+            # for itself what went wrong; nothing else is said to it.
+            self.close(reason, flush=True)
         except OSError as exc:
             reason = _describe(exc)
         except Exception as exc:  # a safety net: this branch should never run
@@ -276,13 +308,18 @@ class Connection:
             logger.log(level, "connection with {} at {} closed: {}", who, self.label, final)
             peer.dispatcher.fire(Event.CLOSED, self, final)
         elif not peer.stopping and not self.outbound:
-            # A dialled connection that failed is reported by its connector, once per change.
+            # A dialled connection that failed is reported by its connector, once per change;
+            # a named node redialling us is reported once per reason a minute, not at every
+            # retry; anything unidentified, every time.
             level = "INFO" if final.startswith(_DUPLICATE) else "WARNING"
-            logger.log(level, "connection from {} at {} refused: {}", who, self.label, final)
+            if self.name is None or peer._first_refusal(self.address[0], who, final):
+                logger.log(level, "connection from {} at {} refused: {}", who, self.label, final)
+            else:
+                logger.debug("connection from {} at {} refused: {}", who, self.label, final)
 
     def _send_frames(self) -> None:
         """Writer thread: drain the queue, write everything queued in one ``sendall``."""
-        sock = self._sock
+        sendall = self._transport.sendall
         get = self._queue.get
         interval = self._peer.limits.heartbeat_interval
         try:
@@ -290,7 +327,7 @@ class Connection:
                 try:
                     item = get(timeout=interval)
                 except queue.Empty:
-                    sock.sendall(_HEARTBEAT)
+                    sendall(_HEARTBEAT)
                     continue
                 chunks = [item]
                 with contextlib.suppress(queue.Empty):
@@ -298,9 +335,11 @@ class Connection:
                         chunks.append(self._queue.get_nowait())
                 stop = _STOP in chunks
                 data = b"".join(chunk for chunk in chunks if chunk is not _STOP)
+                if not data:
+                    sendall(b"")  # a wake-up: flush what TLS has to send on its own
                 with memoryview(data) as view:
                     for start in range(0, len(data), _SEND_SLICE):
-                        sock.sendall(view[start : start + _SEND_SLICE])
+                        sendall(view[start : start + _SEND_SLICE])
                 with self._lock:
                     self._written += len(data)
                 if stop:
@@ -347,11 +386,15 @@ class Peer:
         peers: tuple[tuple[str, int], ...] = (),
         limits: Limits | None = None,
         relay: bool = False,
+        secrets: list[bytes] | None = None,
+        tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None,
     ) -> None:
         self.name = name
         self.dispatcher = dispatcher
         self.limits = limits or Limits()
         self.relay = relay
+        self.secrets = secrets  # the cluster secrets: the first proves, all are accepted
+        self.tls = tls  # (server, client) contexts for mutual TLS
         self.bind = bind
         self.port = port
         self._connectors = [_Connector(host, p) for host, p in peers]
@@ -364,6 +407,8 @@ class Peer:
         self._live: dict[str, Connection] = {}  # peer strategy -> its one live connection
         self._all: set[Connection] = set()  # every open connection, handshaken or not
         self._readers: set[threading.Thread] = set()
+        # Inbound refusals lately logged: (host, who, reason) -> when, for _first_refusal.
+        self._refusals: dict[tuple[str, str, str], float] = {}
         # Peers that dialled us and left: strategy -> (address, state), for status().
         self._departed: dict[str, tuple[str, str]] = {}
         # Snapshot of _live's values, replaced (never mutated) under the lock, read without it.
@@ -512,6 +557,18 @@ class Peer:
                 why = f"replaced by the connection dialled by {min(self.name, name)}"
             replaced.close(why)
         return None
+
+    def _first_refusal(self, host: str, who: str, reason: str) -> bool:
+        """Whether this refusal is news: not seen for this host, peer and reason lately."""
+        now = time.monotonic()
+        key = (host, who, reason)
+        with self._lock:
+            last = self._refusals.get(key)
+            self._refusals[key] = now
+            if len(self._refusals) > 1024:  # bounded: forget the oldest half
+                for old in sorted(self._refusals, key=self._refusals.__getitem__)[:512]:
+                    del self._refusals[old]
+        return last is None or now - last > _REFUSAL_LOG_INTERVAL
 
     def _unregister(self, conn: Connection, reason: str) -> None:
         with self._lock:

@@ -1,14 +1,21 @@
 """The connection protocol as a pure state machine: what each side may send, and when.
 
 Sans-I/O, in the manner of h11 and websockets: the reader feeds received bytes to
-``receive_data`` and gets back the events to act on; the frames to send are returned by
-``hello()``. Every rule about who may send what in which state lives in ``_RULES``; anything
-not listed there is the peer's fault and raises ``RemoteProtocolError``.
+``receive_data`` and gets back the events to act on; the frames to send are ``hello()`` first,
+then whatever ``data_to_send()`` returns after each ``receive_data``. Every rule about who may
+send what in which state lives in ``_RULES``; anything not listed there is the peer's fault
+and raises ``RemoteProtocolError``.
 
 States of one connection, as seen by this side::
 
     HELLO --Hello--> SYNC --SyncDone--> LIVE
+      |                ^
+      +--Hello--> AUTH +--Auth (valid proof)     (with a cluster secret)
       (any error, in any state) --> CLOSED
+
+With a cluster secret, both Hellos carry a fresh nonce, each side then sends an ``Auth``
+proof (see ``auth.py``), and the connection is Ready only once the peer's proof verifies:
+not one position is sent or accepted before that.
 
 In SYNC the peer sends its own positions, then the positions it holds of our strategy (the
 echo, so that a node that lost its store gets its positions back), then SyncDone. In LIVE it
@@ -21,10 +28,12 @@ import enum
 from collections.abc import Callable
 from typing import NamedTuple
 
+from . import auth
 from .types import Position, invalid_position_reason, valid_strategy
 from .wire import (
     DEFAULT_MAX_FRAME_SIZE,
     PROTOCOL_VERSION,
+    Auth,
     Decoder,
     Heartbeat,
     Hello,
@@ -54,6 +63,7 @@ class LocalProtocolError(Exception):
 
 class State(enum.Enum):
     HELLO = "awaiting hello"
+    AUTH = "authenticating"
     SYNC = "syncing"
     LIVE = "live"
     CLOSED = "closed"
@@ -73,6 +83,9 @@ class Protocol:
 
     ``relay`` lets a live peer send positions of strategies other than its own (a partial
     mesh); positions of our own strategy are accepted only during the peer's initial sync.
+    With ``secrets`` (the first proves, all are accepted) the peer must prove it holds one.
+    ``certified_names``, when TLS verified the peer's certificate, are the strategies that
+    certificate may claim in its Hello.
     """
 
     def __init__(
@@ -83,14 +96,19 @@ class Protocol:
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         relay: bool = False,
         heartbeat_ms: int = 0,
+        secrets: list[bytes] | None = None,
     ) -> None:
         self.own = own
         self.listen_port = listen_port
         self.relay = relay
         self.heartbeat_ms = heartbeat_ms
+        self.secrets = secrets
+        self.certified_names: frozenset[str] | None = None
         self.state = State.HELLO
         self.peer: Hello | None = None
+        self._nonce = auth.new_nonce() if secrets else b""
         self._decoder = Decoder(max_frame_size)
+        self._outgoing: list[bytes] = []
 
     @property
     def peer_name(self) -> str | None:
@@ -109,10 +127,17 @@ class Protocol:
                 self.own,
                 PROTOCOL_VERSION,
                 self.listen_port,
+                nonce=self._nonce,
                 relay=self.relay,
                 heartbeat_ms=self.heartbeat_ms,
             )
         )
+
+    def data_to_send(self) -> bytes:
+        """Frames this side must send now (the Auth proof), emptied by the call."""
+        data = b"".join(self._outgoing)
+        self._outgoing.clear()
+        return data
 
     def receive_data(self, data: bytes) -> list[Event]:
         """Feed received bytes; return the events they complete, in order.
@@ -149,7 +174,7 @@ class Protocol:
 
     # Rules: one method per (state, message) pair that is allowed.
 
-    def _on_hello(self, hello: Message) -> Event:
+    def _on_hello(self, hello: Message) -> Event | None:
         assert isinstance(hello, Hello)
         if hello.protocol_version != PROTOCOL_VERSION:
             raise RemoteProtocolError(
@@ -165,9 +190,52 @@ class Protocol:
             )
         if hello.listen_port > 65535:
             raise RemoteProtocolError(f"invalid listen port {hello.listen_port} in Hello")
+        names = self.certified_names
+        if names is not None and hello.strategy not in names:
+            raise RemoteProtocolError(
+                f"peer claims strategy {hello.strategy!r} but its certificate is for"
+                f" {', '.join(sorted(names)) or 'no name'}"
+            )
         self.peer = hello
+        if not self.secrets:
+            if hello.nonce:
+                raise RemoteProtocolError(
+                    "peer requires a cluster secret and this node has none (--secret-file)"
+                )
+            self.state = State.SYNC
+            return Ready(hello)
+        if len(hello.nonce) != auth.NONCE_SIZE:
+            raise RemoteProtocolError(
+                "peer sent no authentication nonce: it has no cluster secret, this node"
+                " requires one"
+            )
+        proof = auth.prove(
+            self.secrets[0],
+            prover=self.own,
+            verifier=hello.strategy,
+            prover_nonce=self._nonce,
+            verifier_nonce=hello.nonce,
+        )
+        self._outgoing.append(encode(Auth(proof)))
+        self.state = State.AUTH
+        return None
+
+    def _on_auth(self, message: Message) -> Event:
+        assert isinstance(message, Auth) and self.peer is not None and self.secrets
+        ok = auth.verify(
+            self.secrets,
+            message.proof,
+            prover=self.peer.strategy,
+            verifier=self.own,
+            prover_nonce=self.peer.nonce,
+            verifier_nonce=self._nonce,
+        )
+        if not ok:
+            raise RemoteProtocolError(
+                "authentication failed: the peer's proof does not match the cluster secret"
+            )
         self.state = State.SYNC
-        return Ready(hello)
+        return Ready(self.peer)
 
     def _on_sync_position(self, position: Message) -> Event:
         assert isinstance(position, Position)
@@ -213,6 +281,8 @@ _Rule = Callable[[Protocol, Message], "Event | None"]
 # Who may send what in which state. Anything absent is a protocol error.
 _RULES: dict[tuple[State, type], _Rule] = {
     (State.HELLO, Hello): Protocol._on_hello,
+    (State.AUTH, Auth): Protocol._on_auth,
+    (State.AUTH, Heartbeat): Protocol._on_heartbeat,
     (State.SYNC, Position): Protocol._on_sync_position,
     (State.SYNC, SyncDone): Protocol._on_sync_done,
     (State.SYNC, Heartbeat): Protocol._on_heartbeat,

@@ -177,9 +177,9 @@ def test_help_explains_every_option() -> None:
             section = line
             current = ""
             continue
-        if section not in ("positional arguments:", "options:"):
-            continue
-        if re.match(r"  \S", line):
+        if not section.endswith(":") or section.startswith(("usage", "example")):
+            continue  # the argument sections: positional arguments, options, option groups
+        if re.match(r"  (-|[A-Z][A-Z:]*(\s|$))", line):
             head, _, description = line.strip().partition("  ")
             current = head
             entries[current] = description.strip()

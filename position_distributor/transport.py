@@ -1,0 +1,165 @@
+"""Byte transports under a connection: plain TCP, or TLS with mutual certificates.
+
+A connection has two threads on one socket: a reader and a writer. A Python ``SSLSocket`` is
+not safe to read and write from two threads at once, so TLS runs over memory BIOs
+(``ssl.SSLObject``) behind a lock held only for memory operations, never for socket I/O. After
+the handshake, only the writer thread writes to the socket, so TLS records leave in order;
+the reader asks the writer to flush when reading produced TLS output of its own.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+__all__ = ["TlsError", "TlsTransport", "Transport", "certified_names", "make_tls_contexts"]
+
+_READ_SIZE: Final = 256 * 1024
+
+
+class TlsError(Exception):
+    """Certificates or keys that cannot be loaded (a local problem the operator must fix)."""
+
+
+class Transport:
+    """Plain TCP: what the reader receives and the writer sends, unchanged."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def handshake(self, deadline: float) -> frozenset[str] | None:
+        """Run the transport's own handshake; return the names the peer is certified for."""
+        return None
+
+    def recv(self) -> bytes:
+        """Received bytes (b"" at end of stream); raises ``OSError`` / ``TimeoutError``."""
+        return self.sock.recv(_READ_SIZE)
+
+    def sendall(self, data: bytes | memoryview) -> None:
+        """Send ``data`` (the writer thread only, after the handshake)."""
+        self.sock.sendall(data)
+
+
+class TlsTransport(Transport):
+    """TLS over memory BIOs, shared safely by the reader and writer threads."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        context: ssl.SSLContext,
+        *,
+        server_side: bool,
+        wake_writer: Callable[[], None],
+    ) -> None:
+        super().__init__(sock)
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side)
+        self._wake_writer = wake_writer
+        # Mutex protecting the SSLObject and its two BIOs (memory operations only).
+        self._lock = threading.Lock()
+
+    def handshake(self, deadline: float) -> frozenset[str]:
+        """Complete the TLS handshake (before the writer starts) and name the peer."""
+        sock = self.sock
+        while True:
+            with self._lock:
+                try:
+                    self._tls.do_handshake()
+                    done = True
+                except ssl.SSLWantReadError:
+                    done = False
+                out = self._outgoing.read()
+            if out:
+                sock.sendall(out)
+            if done:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("TLS handshake timed out")
+            sock.settimeout(left)
+            data = sock.recv(_READ_SIZE)
+            if not data:
+                raise ConnectionError("connection closed during the TLS handshake")
+            with self._lock:
+                self._incoming.write(data)
+        return certified_names(self._tls.getpeercert())
+
+    def recv(self) -> bytes:
+        while True:
+            with self._lock:
+                try:
+                    data = self._tls.read(_READ_SIZE)
+                except ssl.SSLWantReadError:
+                    data = None
+                except ssl.SSLZeroReturnError:
+                    return b""  # the peer closed TLS cleanly
+                pending = self._outgoing.pending
+            if pending:
+                self._wake_writer()  # e.g. a TLS 1.3 key update to answer
+            if data:
+                return data
+            received = self.sock.recv(_READ_SIZE)
+            if not received:
+                return b""
+            with self._lock:
+                self._incoming.write(received)
+
+    def sendall(self, data: bytes | memoryview) -> None:
+        with self._lock:
+            view = memoryview(data)
+            while view:
+                written = self._tls.write(view)
+                view = view[written:]
+            out = self._outgoing.read()
+        if out:
+            self.sock.sendall(out)
+
+
+def certified_names(certificate: Mapping[str, Any] | None) -> frozenset[str]:
+    """The common names and DNS names a verified peer certificate is issued for."""
+    if not certificate:
+        return frozenset()
+    names = set()
+    for rdn in certificate.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                names.add(value)
+    for kind, value in certificate.get("subjectAltName", ()):
+        if kind == "DNS":
+            names.add(value)
+    return frozenset(names)
+
+
+def make_tls_contexts(cert: Path, key: Path, ca: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """Server and client contexts for mutual TLS: each side presents ``cert`` and requires a
+    peer certificate signed by ``ca``. Host names are not checked (peers are dialled by
+    address); instead the certificate must name the strategy the peer claims in its Hello.
+    """
+    contexts = []
+    for purpose in (ssl.PROTOCOL_TLS_SERVER, ssl.PROTOCOL_TLS_CLIENT):
+        context = ssl.SSLContext(purpose)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_REQUIRED
+        try:
+            context.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise TlsError(f"cannot load certificate {cert} with key {key}: {_why(exc)}") from exc
+        try:
+            context.load_verify_locations(cafile=ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise TlsError(f"cannot load CA certificate {ca}: {_why(exc)}") from exc
+        contexts.append(context)
+    return contexts[0], contexts[1]
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc)
