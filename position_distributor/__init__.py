@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .engine import TradeError
-from .node import Config, Node, NodeError, UpdatesOverflow
+from .node import Config, Node, NodeError, Updates, UpdatesOverflow
 from .peer import Limits, PeerStatus
 from .types import Position
 
@@ -15,6 +15,7 @@ __all__ = [
     "PeerStatus",
     "Position",
     "TradeError",
+    "Updates",
     "UpdatesOverflow",
 ]
 __version__ = "0.1.0"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import io
+import ipaddress
 import os
 import re
 import signal
@@ -72,10 +73,22 @@ def _port(text: str) -> int:
     return port
 
 
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+
+
+def _valid_host(host: str) -> bool:
+    """An IPv4 or IPv6 address, or a DNS host name."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return len(host) <= 253 and _HOSTNAME.fullmatch(host) is not None
+    return True
+
+
 def _address(text: str) -> tuple[str, int]:
     host, sep, port_text = text.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")  # [::1]:12345
-    if not sep or not host:
+    if not sep or not _valid_host(host):
         raise argparse.ArgumentTypeError(
             f"invalid peer address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:12345"
         )
@@ -368,11 +381,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Bytes that do not decode become U+FFFD and fail validation with an error line.
         sys.stdin.reconfigure(errors="replace")
     node = Node(config, out=sys.stdout)
+    # A node that can no longer apply changes (a bug) stops, as a signal would stop it.
+    node.on_failure = lambda reason: signal.raise_signal(signal.SIGTERM)
     try:
         node.start()
     except NodeError as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return 2
+    except (KeyboardInterrupt, _Stop):
+        node.stop()  # a signal while starting: stop what started
+        return 0
     try:
         if args.no_console:
             threading.Event().wait()
@@ -386,6 +404,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         node.stop()
+    if node.failure is not None:
+        logger.critical("stopped because {}", node.failure)
+        return 1
     return 0
 
 

@@ -15,7 +15,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import IO, Any, Final, NamedTuple
 
@@ -48,11 +48,17 @@ class Output:
         self._lock = threading.Lock()
 
     def write(self, text: str) -> None:
+        """Write and flush ``text``; if the stream fails (a closed pipe), say so once and stop
+        writing: rows are a view, and a reader that went away must not stop trading."""
         if self._stream is None or not text:
             return
         with self._lock:
-            self._stream.write(text)
-            self._stream.flush()
+            try:
+                self._stream.write(text)
+                self._stream.flush()
+            except (OSError, ValueError) as exc:
+                self._stream = None
+                logger.error("cannot write to the output ({}): rows are no longer printed", exc)
 
 
 class Subscriber:
@@ -87,8 +93,10 @@ class Engine:
         recovery_grace: float = 0.5,
         relay: bool = False,
         max_queue: int = 65536,
+        on_fatal: Callable[[str], None] | None = None,
     ) -> None:
         self.name = name
+        self._on_fatal = on_fatal
         self.relay = relay
         self.sent = 0  # positions queued to peers (each copy counts), under the publish lock
         self._peer = peer
@@ -109,6 +117,8 @@ class Engine:
         self._trades: queue.Queue[_Trade | None] = queue.Queue(max_queue)
         self._positions: queue.Queue[tuple[Connection, list[Any]] | None] = queue.Queue(64)
         self._threads: list[threading.Thread] = []
+        # Mutex making "not stopping, so queue the trade" one step against stop_trades().
+        self._submit_lock = threading.Lock()
         self._stopping = False  # trades: apply what is queued, then end
         self._closing = False  # positions: drop what arrives from now on
         # Recovery window (a store that has never had its own positions back).
@@ -136,13 +146,19 @@ class Engine:
             thread.start()
             self._threads.append(thread)
 
+    def _fail(self, what: str) -> None:
+        """A consumer died (a bug): a node that cannot apply changes must not pretend to run."""
+        logger.opt(exception=True).critical("{} failed: the node stops", what)
+        if self._on_fatal is not None:
+            self._on_fatal(f"{what} failed")
+
     def stop_trades(self) -> None:
         """Apply the trades already queued, then stop the trade consumer.
 
         While recovering, queued trades are applied once recovery ends (at most the
         recovery timeout); with none queued the consumer stops at once.
         """
-        with self._synced_cond:
+        with self._submit_lock, self._synced_cond:
             self._stopping = True
             self._synced_cond.notify_all()
         self._trades.put(_STOP)
@@ -168,14 +184,22 @@ class Engine:
 
     # What the node is asked for.
 
-    def submit(self, symbol: str, quantity: float, future: Future[Position] | None = None) -> None:
-        """Queue a validated trade; blocks while the trade queue is full (backpressure)."""
-        self._trades.put(_Trade(symbol, quantity, future))
+    def submit(self, symbol: str, quantity: float, future: Future[Any] | None = None) -> bool:
+        """Queue a validated trade; False if the trade consumer is stopping (not queued).
+
+        Blocks while the trade queue is full (backpressure).
+        """
+        with self._submit_lock:
+            if self._stopping:
+                return False
+            self._trades.put(_Trade(symbol, quantity, future))
+            return True
 
     def barrier(self) -> Future[None]:
         """A future done once every trade submitted before it is applied and published."""
         future: Future[None] = Future()
-        self._trades.put(_Trade("", 0.0, future))
+        if not self.submit("", 0.0, future):
+            future.set_result(None)  # stopping: everything queued applies before the stop
         return future
 
     def positions(self) -> list[Position]:
@@ -254,7 +278,7 @@ class Engine:
             for batch in self._batches(self._trades):
                 self._apply_trades(batch)
         except Exception:  # a safety net: this branch should never run
-            logger.opt(exception=True).critical("trade consumer failed; no trade will apply")
+            self._fail("the trade consumer")
 
     def _consume_positions(self) -> None:
         """Position consumer: apply peers' positions in batches; count completed syncs."""
@@ -262,7 +286,7 @@ class Engine:
             for batch in self._batches(self._positions):
                 self._apply_positions(batch)
         except Exception:  # a safety net: this branch should never run
-            logger.opt(exception=True).critical("position consumer failed")
+            self._fail("the position consumer")
 
     def _batches(self, q: queue.Queue[Any]) -> Iterable[list[Any]]:
         """Block for one item, then take whatever else is queued; end at the sentinel."""

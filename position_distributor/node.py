@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import ipaddress
 import math
 import os
 import ssl
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from .store import JournalEntry, SnapshotInfo, Store, StoreError
 from .transport import TlsError, make_tls_contexts
 from .types import MAX_SYMBOL_LENGTH, Position, valid_strategy, valid_symbol
 
-__all__ = ["Config", "Node", "NodeError", "UpdatesOverflow"]
+__all__ = ["Config", "Node", "NodeError", "Updates", "UpdatesOverflow"]
 
 
 class NodeError(Exception):
@@ -102,36 +103,86 @@ _END = None  # the node stopped: the iterator ends
 _OVERFLOW = "overflow"  # the consumer fell too far behind
 
 
-class _Updates(Subscriber):
-    """Bridges applied changes from engine threads to one asyncio consumer, bounded."""
+class Updates(Subscriber):
+    """Every change a node applies from now on, for asyncio code: ``async for p in updates``.
 
-    def __init__(self, queue: janus.Queue[Any], maxsize: int) -> None:
-        self._queue = queue
+    Bridged from the engine's threads by a janus queue. Bounded: a consumer more than
+    ``maxsize`` changes behind (beyond the batch it is taking) gets ``UpdatesOverflow`` once
+    it has taken what was queued; the node never blocks or buffers without bound for it.
+    The iteration ends when the node stops. Subscribed from creation, so nothing applied
+    after ``Node.updates()`` returns is missed; ``aclose()`` (or ``async with``) unsubscribes.
+    """
+
+    def __init__(self, engine: Engine, maxsize: int) -> None:
+        try:
+            self._bridge: janus.Queue[Any] = janus.Queue()
+        except RuntimeError as exc:
+            raise NodeError("updates() is for asyncio code: call it in a running loop") from exc
+        self._engine = engine
         self._maxsize = maxsize
-        # Mutex protecting _pending (changes delivered, not yet taken by the consumer).
+        # Mutex protecting _pending (changes delivered, not yet taken) and overflowed.
         self._lock = threading.Lock()
         self._pending = 0
         self.overflowed = False
+        self._batch: collections.deque[Position] = collections.deque()
+        self._closed = False
+        engine.add_subscriber(self)
+
+    # Engine side (its threads).
 
     def deliver(self, changes: list[Position]) -> None:
         with self._lock:
             if self.overflowed:
                 return
-            if self._pending + len(changes) > self._maxsize:
+            if self._pending and self._pending + len(changes) > self._maxsize:
                 self.overflowed = True
-                self._queue.sync_q.put_nowait(_OVERFLOW)
+                self._bridge.sync_q.put_nowait(_OVERFLOW)
                 return
             self._pending += len(changes)
-        self._queue.sync_q.put_nowait(changes)
+        self._bridge.sync_q.put_nowait(changes)
 
     def close(self) -> None:
         with self._lock:
             if not self.overflowed:
-                self._queue.sync_q.put_nowait(_END)
+                self._bridge.sync_q.put_nowait(_END)
 
-    def taken(self, count: int) -> None:
-        with self._lock:
-            self._pending -= count
+    # Consumer side (asyncio).
+
+    def __aiter__(self) -> Updates:
+        return self
+
+    async def __anext__(self) -> Position:
+        while not self._batch:
+            if self._closed:
+                raise StopAsyncIteration
+            changes = await self._bridge.async_q.get()
+            if changes is _END:
+                await self.aclose()
+                raise StopAsyncIteration
+            if changes is _OVERFLOW:
+                await self.aclose()
+                raise UpdatesOverflow(
+                    f"updates consumer fell more than {self._maxsize} changes behind"
+                )
+            with self._lock:
+                self._pending -= len(changes)
+            self._batch.extend(changes)
+        return self._batch.popleft()
+
+    async def aclose(self) -> None:
+        """Unsubscribe; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._engine.remove_subscriber(self)
+        self._bridge.close()
+        await self._bridge.wait_closed()
+
+    async def __aenter__(self) -> Updates:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
 
 class Node:
@@ -151,6 +202,9 @@ class Node:
         self._state = "new"
         self._stop_timer = threading.Event()
         self._warnings: list[str] = []
+        self.failure: str | None = None  # why the node failed, if it did (a bug)
+        # Called (from the failed thread) when the node can no longer work; the CLI stops.
+        self.on_failure: Callable[[str], None] | None = None
         self._timer: threading.Thread | None = None
         # Mutex serializing start() and stop().
         self._lock = threading.Lock()
@@ -213,6 +267,7 @@ class Node:
                 out=self.output,
                 recovery_timeout=config.recovery_timeout,
                 relay=config.relay,
+                on_fatal=self._on_fatal,
             )
             stored = self._engine.positions()
             logger.info("store {} holds {} position(s)", store.path, len(stored))
@@ -230,6 +285,12 @@ class Node:
                 self._timer.start()
             self._state = "running"
         return self
+
+    def _on_fatal(self, reason: str) -> None:
+        """A consumer thread died: record why and tell whoever runs the node."""
+        self.failure = reason
+        if self.on_failure is not None:
+            self.on_failure(reason)
 
     def _credentials(
         self,
@@ -314,15 +375,22 @@ class Node:
                 f"invalid symbol {symbol!r}:"
                 f" use 1-{MAX_SYMBOL_LENGTH} of letters, digits, . _ : / -"
             )
-        if not isinstance(quantity, int | float) or not math.isfinite(quantity) or quantity == 0:
+        try:
+            ok = isinstance(quantity, int | float) and not isinstance(quantity, bool)
+            value = float(quantity) if ok else math.nan
+        except OverflowError:  # an int beyond float range
+            value = math.inf
+        if not math.isfinite(value) or value == 0:
             raise ValueError(f"invalid quantity {quantity!r}: expected a finite non-zero number")
         future: Future[Position] = Future()
-        self._started().submit(symbol, float(quantity), future)
+        if not self._started().submit(symbol, value, future):
+            raise NodeError(f"node {self.name} is stopping")
         return future
 
     def submit(self, symbol: str, quantity: float) -> None:
         """Queue an already validated trade without a future (the console's fast path)."""
-        self._started().submit(symbol, quantity)
+        if not self._started().submit(symbol, quantity):
+            raise NodeError(f"node {self.name} is stopping")
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every trade submitted so far is applied (or refused); False on timeout.
@@ -374,34 +442,10 @@ class Node:
         except Exception:  # a safety net: this branch should never run
             logger.opt(exception=True).error("daily snapshot timer failed")
 
-    async def updates(self, maxsize: int = 10_000) -> AsyncIterator[Position]:
-        """Yield every change applied from now on (own trades and peers' updates), in order.
-
-        For asyncio code (a dashboard, a risk job). A consumer more than ``maxsize`` changes
-        behind raises ``UpdatesOverflow`` once it has taken what was queued: the node never
-        blocks or buffers without bound for a slow consumer. The iteration ends when the node
-        stops.
-        """
-        engine = self._started()
-        bridge: janus.Queue[Any] = janus.Queue()
-        subscriber = _Updates(bridge, maxsize)
-        engine.add_subscriber(subscriber)
-        try:
-            while True:
-                changes = await bridge.async_q.get()
-                if changes is _END:
-                    return
-                if changes is _OVERFLOW:
-                    raise UpdatesOverflow(
-                        f"updates consumer fell more than {maxsize} changes behind"
-                    )
-                subscriber.taken(len(changes))
-                for change in changes:
-                    yield change
-        finally:
-            engine.remove_subscriber(subscriber)
-            bridge.close()
-            await bridge.wait_closed()
+    def updates(self, maxsize: int = 10_000) -> Updates:
+        """Every change applied from now on (own trades and peers' updates), in order, as an
+        async iterator for asyncio code (a dashboard, a risk job); see ``Updates``."""
+        return Updates(self._started(), maxsize)
 
     def _started(self) -> Engine:
         if self._engine is None or self._state not in ("running", "stopping"):

@@ -154,11 +154,6 @@ class BrokenPipe(Rows):
         return super().write(text)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an exception from the output stream (BrokenPipeError) kills the trade"
-    " consumer: the committed trade's future never resolves and no later trade applies",
-)
 def test_trading_goes_on_when_the_output_stream_breaks(nodes: Nodes) -> None:
     """Rows that cannot be printed do not stop trades from applying and their futures resolving."""
     node, out = nodes.start("alpha", rows=BrokenPipe(rows_before=2))

@@ -99,11 +99,6 @@ def test_trade_rejects_a_bad_symbol_or_quantity_with_value_error(
     assert rows.rows() == [good]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: trade() with an int too large for a float raises OverflowError from"
-    " math.isfinite, not ValueError",
-)
 def test_trade_rejects_an_int_too_large_for_a_float_with_value_error(nodes: Nodes) -> None:
     """An integer quantity beyond float range is a bad quantity like inf: ValueError."""
     node, _ = nodes.start("alpha")
@@ -365,11 +360,6 @@ def test_trades_queued_before_stop_reach_the_peers(nodes: Nodes) -> None:
     rows_b.wait_for_nets({("alpha", "AAPL"): 300.0})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: trade() during stop() (state 'stopping') queues the trade behind the"
-    " consumer's stop sentinel: its future never resolves",
-)
 def test_every_trade_accepted_while_stopping_is_resolved(nodes: Nodes) -> None:
     """A trade accepted while the node stops either applies or fails; none is left pending."""
     node, _ = nodes.start("alpha")
