@@ -19,6 +19,7 @@ from typing import IO, NoReturn
 from loguru import logger
 
 from .console import HELP, Command, ConsoleError, TradeCommand, parse_line
+from .engine import DEFAULT_MAX_SYMBOLS
 from .node import Config, Node, NodeError
 from .peer import Limits
 from .snapshots import format_time
@@ -242,6 +243,14 @@ def _build_parser() -> argparse.ArgumentParser:
         default=Limits.max_connections,
         help=f"connections open at once, handshaking or not (default: {Limits.max_connections})",
     )
+    security.add_argument(
+        "--max-symbols",
+        metavar="N",
+        type=int,
+        default=DEFAULT_MAX_SYMBOLS,
+        help="symbols held per strategy, own or a peer's; a peer's new symbols beyond it are"
+        f" dropped and logged (default: {DEFAULT_MAX_SYMBOLS})",
+    )
     parser.add_argument(
         "--fsync",
         action="store_true",
@@ -261,6 +270,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
         parser.error("--max-frame-size must be at least 1024")
     if args.max_connections < 1:
         parser.error("--max-connections must be at least 1")
+    if args.max_symbols < 1:
+        parser.error("--max-symbols must be at least 1")
     limits = Limits(
         max_frame_size=args.max_frame_size,
         heartbeat_interval=args.heartbeat,
@@ -284,6 +295,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
             tls_key=args.tls_key,
             tls_ca=args.tls_ca,
             insecure=args.insecure,
+            max_symbols=args.max_symbols,
         )
     except NodeError as exc:
         parser.error(str(exc))

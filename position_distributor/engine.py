@@ -29,9 +29,10 @@ from .store import JournalEntry, SnapshotInfo, Store
 from .types import Position
 from .wire import SyncDone, encode, encode_position
 
-__all__ = ["Engine", "Output", "Subscriber", "TradeError"]
+__all__ = ["DEFAULT_MAX_SYMBOLS", "Engine", "Output", "Subscriber", "TradeError"]
 
 _STOP: Final = None  # consumer sentinel, read from the consumer's own queue
+DEFAULT_MAX_SYMBOLS: Final = 200_000  # per strategy: bounds what a peer can make us hold
 _MAX_BATCH: Final = 4096  # items drained per batch: bounds a transaction and a write
 
 
@@ -93,10 +94,13 @@ class Engine:
         recovery_grace: float = 0.5,
         relay: bool = False,
         max_queue: int = 65536,
+        max_symbols: int = DEFAULT_MAX_SYMBOLS,
         on_fatal: Callable[[str], None] | None = None,
     ) -> None:
         self.name = name
         self._on_fatal = on_fatal
+        self._max_symbols = max_symbols
+        self._capped: set[str] = set()  # strategies whose extra symbols were dropped (logged)
         self.relay = relay
         self.sent = 0  # positions queued to peers (each copy counts), under the publish lock
         self._peer = peer
@@ -322,8 +326,15 @@ class Engine:
                     continue
                 current = book.get(name, symbol)
                 net = (0.0 if current is None else current.net_position) + quantity
+                error = None
                 if not math.isfinite(net):
                     error = TradeError(f"{symbol} {quantity:g} would make the position overflow")
+                elif current is None and book.count(name) >= self._max_symbols:
+                    error = TradeError(
+                        f"{symbol}: this strategy already holds {self._max_symbols} symbols,"
+                        " the most a node accepts (--max-symbols)"
+                    )
+                if error is not None:
                     logger.error("trade refused: {}", error)
                     if future is not None:
                         futures.append((future, error))
@@ -361,13 +372,17 @@ class Engine:
         journal: list[JournalEntry] = []
         synced: list[str] = []
         publishing = False  # whether this thread holds the publish lock yet
+        max_symbols = self._max_symbols
         self._book_lock.acquire()
         try:
             apply = book.apply
+            count = book.count
             for conn, messages in batch:
                 for message in messages:
                     if type(message) is Position:
                         if message.strategy != name:
+                            if count(message.strategy) >= max_symbols and self._over_cap(message):
+                                continue
                             if apply(message):
                                 changes.append(message)
                                 if relay:
@@ -408,6 +423,22 @@ class Engine:
             self._publish_lock.release()
         if synced:
             self._note_synced(synced)
+
+    def _over_cap(self, position: Position) -> bool:
+        """Whether ``position`` is a new symbol of a strategy already at the symbol cap
+        (then it is dropped, and that said once per strategy). Caller holds the book lock."""
+        if self._book.get(position.strategy, position.symbol) is not None:
+            return False
+        if position.strategy not in self._capped:
+            self._capped.add(position.strategy)
+            logger.error(
+                "{} holds {} symbols, the most this node accepts (--max-symbols): its new"
+                " symbols are dropped, starting with {}",
+                position.strategy,
+                self._max_symbols,
+                position.symbol,
+            )
+        return True
 
     def _learn_own(
         self, echo: Position, bases: list[Position], journal: list[JournalEntry]

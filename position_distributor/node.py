@@ -21,7 +21,7 @@ from loguru import logger
 
 from . import auth
 from .dispatcher import EventDispatcher
-from .engine import Engine, Output, Subscriber
+from .engine import DEFAULT_MAX_SYMBOLS, Engine, Output, Subscriber
 from .peer import Limits, Peer, PeerStatus
 from .store import JournalEntry, SnapshotInfo, Store, StoreError
 from .transport import TlsError, make_tls_contexts
@@ -61,6 +61,7 @@ class Config:
     tls_key: Path | None = None
     tls_ca: Path | None = None  # the CA that signs every node's certificate
     insecure: bool = False  # allow a non-loopback bind with neither secret nor TLS
+    max_symbols: int = DEFAULT_MAX_SYMBOLS  # per strategy, own and peers'
 
     @property
     def tls(self) -> bool:
@@ -267,6 +268,7 @@ class Node:
                 out=self.output,
                 recovery_timeout=config.recovery_timeout,
                 relay=config.relay,
+                max_symbols=config.max_symbols,
                 on_fatal=self._on_fatal,
             )
             stored = self._engine.positions()

@@ -56,6 +56,10 @@ class Limits:
     max_connections: int = 256
     backoff_min: float = 0.05
     backoff_max: float = 1.0
+    # A peer sending faster than max_peer_rate bytes/s for longer than max_peer_burst bytes
+    # allow (a token bucket) is flooding: it is cut off. A sync of 100,000 positions is ~5 MB.
+    max_peer_rate: int = 32 << 20
+    max_peer_burst: int = 256 << 20
 
 
 class PeerStatus(NamedTuple):
@@ -97,6 +101,7 @@ class Connection:
         )
         self.ready = False  # handshake complete and registered as the live connection
         self.last_heard = time.monotonic()
+        self._tokens = float(peer.limits.max_peer_burst)  # the rate guard's bucket
         self._transport: Transport
         if peer.tls is None:
             self._transport = Transport(sock)
@@ -238,7 +243,19 @@ class Connection:
                     break
                 if self._closed_reason is not None:
                     break  # closed by another thread (replaced, too slow, stopping)
-                self.last_heard = time.monotonic()
+                now = time.monotonic()
+                # Token bucket: refill for the time since the last read, then spend.
+                self._tokens = min(
+                    limits.max_peer_burst,
+                    self._tokens + (now - self.last_heard) * limits.max_peer_rate,
+                ) - len(data)
+                self.last_heard = now
+                if self._tokens < 0:
+                    reason = (
+                        f"peer is flooding: more than {limits.max_peer_rate} bytes/s"
+                        f" beyond a burst of {limits.max_peer_burst}"
+                    )
+                    break
                 messages = []
                 events = receive_data(data)
                 if not self.ready and (out := data_to_send()):
