@@ -366,13 +366,17 @@ def run_chaos(root: Path, seed: int, *, duration: float, nodes: int) -> Chaos:
 
 
 @pytest.mark.timeout(400)
-def test_chaos_converges_to_the_acknowledged_trades(tmp_path: Path) -> None:
+def test_chaos_converges_to_the_acknowledged_trades(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Under random kill -9, deleted stores, partitions and link faults, every node ends with
     exactly the positions of the acknowledged (and provably committed) trades."""
     seed = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(2**32))
     duration = float(os.environ.get("CHAOS_DURATION", "35"))
     nodes = int(os.environ.get("CHAOS_NODES", "4"))
-    print(f"CHAOS_SEED={seed}", flush=True)
+    with capsys.disabled():  # the seed shows in every run's output, passed or failed
+        print(f" CHAOS_SEED={seed} ", end="", flush=True)
+    print(f"CHAOS_SEED={seed}", flush=True)  # and in the captured schedule of a failure
     chaos = run_chaos(tmp_path, seed, duration=duration, nodes=nodes)
     assert chaos.counts.get("trades typed", 0) > 0
     assert any(k.startswith("kill") for k in chaos.counts)
