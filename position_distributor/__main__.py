@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import io
 import ipaddress
 import os
 import re
@@ -18,7 +17,7 @@ from typing import IO, NoReturn
 
 from loguru import logger
 
-from .console import HELP, Command, ConsoleError, TradeCommand, parse_line
+from .console import HELP, Command, ConsoleError, parse_line
 from .engine import DEFAULT_MAX_SYMBOLS
 from .node import Config, Node, NodeError
 from .peer import Limits
@@ -311,76 +310,113 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 MAX_LINE = 4096
+_READ_SIZE = 1 << 16
 
 
-def _lines(stdin: IO[str], stderr: IO[str]) -> Iterator[str]:
-    """Console lines; an over-long line is reported and skipped, never held in memory."""
-    while line := stdin.readline(MAX_LINE):
-        if len(line) == MAX_LINE and not line.endswith("\n"):
-            while (rest := stdin.readline(MAX_LINE)) and not rest.endswith("\n"):
-                pass
-            stderr.write(f"error: line longer than {MAX_LINE} characters ignored\n")
-            stderr.flush()
-            continue
-        yield line
+def _chunks_of_lines(stdin: IO[bytes], stderr: IO[str]) -> Iterator[list[bytes]]:
+    """The complete lines of each read from ``stdin``, as they come (a burst reads as one
+    chunk); an over-long line is reported and skipped, never held in memory."""
+    tail = b""
+    skipping = False  # inside a line that was too long, until its end
+    while data := stdin.read1(_READ_SIZE):  # type: ignore[attr-defined]
+        lines = (tail + data).split(b"\n")
+        tail = lines.pop()
+        if skipping and lines:
+            lines.pop(0)  # the end of the over-long line
+            skipping = False
+        if len(tail) > MAX_LINE:
+            tail = b""
+            if not skipping:
+                skipping = True
+                stderr.write(f"error: line longer than {MAX_LINE} characters ignored\n")
+                stderr.flush()
+        if lines:
+            yield lines
+    if tail and not skipping:
+        yield [tail]  # a last line without its newline
 
 
-def run_console(node: Node, stdin: IO[str], stderr: IO[str]) -> None:
-    """Read commands until EOF, ``exit`` or ``quit``."""
-    out = node.output
+# A trade as typed, the common case, recognised by one regex on the raw bytes; anything
+# else (commands, errors) goes through console.parse_line.
+_TRADE = re.compile(
+    rb"[ \t]*([A-Za-z0-9._:/-]{1,32})[ \t]+([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)[ \t]*\r?"
+)
+
+
+def run_console(node: Node, stdin: IO[bytes], stderr: IO[str]) -> None:
+    """Read trades and commands until EOF, ``exit`` or ``quit``.
+
+    Trades read together are submitted together (one queue operation for a burst); a
+    command runs after the trades typed before it are submitted.
+    """
     unflushed = False  # trades submitted since the last query
-    for line in _lines(stdin, stderr):
-        try:
-            command = parse_line(line)
-        except ConsoleError as exc:
-            stderr.write(f"error: {exc}\n")
-            stderr.flush()
-            continue
-        if command is None:
-            continue
-        if type(command) is TradeCommand:
-            node.submit(command.symbol, command.quantity)
+    match = _TRADE.fullmatch
+    for lines in _chunks_of_lines(stdin, stderr):
+        trades: list[tuple[str, float, None]] = []
+        for raw in lines:
+            found = match(raw)
+            if found is not None:
+                quantity = float(found[2])
+                if quantity and quantity - quantity == 0.0:  # non-zero and finite
+                    trades.append((found[1].decode(), quantity, None))
+                    continue
+            try:
+                command = parse_line(raw.decode(errors="replace"))
+            except ConsoleError as exc:
+                stderr.write(f"error: {exc}\n")
+                stderr.flush()
+                continue
+            if command is None:
+                continue
+            if trades:
+                node.submit_many(trades)
+                trades = []
+                unflushed = True
+            assert isinstance(command, Command)  # a trade would have matched _TRADE
+            if command.name in ("exit", "quit"):
+                return
+            if unflushed and command.name != "help":
+                # A query sees the trades typed before it (during recovery: once they apply).
+                node.flush()
+                unflushed = False
+            _run_command(node, command)
+        if trades:
+            node.submit_many(trades)
             unflushed = True
-            continue
-        assert isinstance(command, Command)
-        name = command.name
-        if name in ("exit", "quit"):
-            return
-        if unflushed and name != "help":
-            # A query sees the trades typed before it (during recovery: once they apply).
-            node.flush()
-            unflushed = False
-        if name == "help":
-            out.write(HELP)
-        elif name == "positions":
-            rows = "".join(format_row(p) + "\n" for p in node.positions())
-            out.write(f"Current positions\n{rows}\n")
-        elif name == "exposure":
-            rows = "".join(f"{symbol} | {net:.6f}\n" for symbol, net in node.exposure().items())
-            out.write(f"Exposure\n{rows}\n")
-        elif name == "history":
-            symbol, count = command.args
-            lines = [
-                f"{format_time(e.time_ns)} | {e.symbol} | {e.quantity:+.6f} | {e.net_position:.6f}"
-                f" | {e.timestamp}{'' if e.kind == 'trade' else ' | ' + e.kind}\n"
-                for e in node.history(symbol, int(count))
-            ]
-            out.write(f"History {symbol}\n{''.join(lines) or '(no trades)' + chr(10)}\n")
-        elif name == "snapshot":
-            info = node.snapshot(command.args[0] if command.args else "manual")
-            out.write(
-                f"Snapshot {info.id} {info.label!r} taken: {info.size} position(s)"
-                f" (read it with: python -m position_distributor.snapshots"
-                f" {node.config.data_dir} show {info.id})\n"
-            )
-        elif name == "peers":
-            lines = []
-            for status in node.peers():
-                heard = "-" if status.last_heard is None else f"{status.last_heard:.1f}s ago"
-                lines.append(
-                    f"{status.name or '?'} | {status.address} | {status.state} | {heard}\n"
-                )
-            out.write("Peers\n" + ("".join(lines) or "(none configured or connected)\n") + "\n")
+
+
+def _run_command(node: Node, command: Command) -> None:
+    out = node.output
+    name = command.name
+    if name == "help":
+        out.write(HELP)
+    elif name == "positions":
+        rows = "".join(format_row(p) + "\n" for p in node.positions())
+        out.write(f"Current positions\n{rows}\n")
+    elif name == "exposure":
+        rows = "".join(f"{symbol} | {net:.6f}\n" for symbol, net in node.exposure().items())
+        out.write(f"Exposure\n{rows}\n")
+    elif name == "history":
+        symbol, count = command.args
+        lines = [
+            f"{format_time(e.time_ns)} | {e.symbol} | {e.quantity:+.6f} | {e.net_position:.6f}"
+            f" | {e.timestamp}{'' if e.kind == 'trade' else ' | ' + e.kind}\n"
+            for e in node.history(symbol, int(count))
+        ]
+        out.write(f"History {symbol}\n{''.join(lines) or '(no trades)' + chr(10)}\n")
+    elif name == "snapshot":
+        info = node.snapshot(command.args[0] if command.args else "manual")
+        out.write(
+            f"Snapshot {info.id} {info.label!r} taken: {info.size} position(s)"
+            f" (read it with: python -m position_distributor.snapshots"
+            f" {node.config.data_dir} show {info.id})\n"
+        )
+    elif name == "peers":
+        lines = []
+        for status in node.peers():
+            heard = "-" if status.last_heard is None else f"{status.last_heard:.1f}s ago"
+            lines.append(f"{status.name or '?'} | {status.address} | {status.state} | {heard}\n")
+        out.write("Peers\n" + ("".join(lines) or "(none configured or connected)\n") + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -389,9 +425,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.remove()
     logger.add(sys.stderr, level=args.log_level, format=LOG_FORMAT, backtrace=False)
     signal.signal(signal.SIGTERM, _on_sigterm)
-    if isinstance(sys.stdin, io.TextIOWrapper):
-        # Bytes that do not decode become U+FFFD and fail validation with an error line.
-        sys.stdin.reconfigure(errors="replace")
     node = Node(config, out=sys.stdout)
     # A node that can no longer apply changes (a bug) stops, as a signal would stop it.
     node.on_failure = lambda reason: signal.raise_signal(signal.SIGTERM)
@@ -407,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.no_console:
             threading.Event().wait()
         else:
-            run_console(node, sys.stdin, sys.stderr)
+            run_console(node, sys.stdin.buffer, sys.stderr)
             logger.info("end of console input: stopping")
     except (KeyboardInterrupt, _Stop):
         logger.info("signal received: stopping")

@@ -48,13 +48,13 @@ def load_secrets(path: Path) -> tuple[list[bytes], str | None]:
     """
     try:
         mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):  # before reading: a FIFO would block the start forever
+            raise SecretError(f"secret file {path} is not a regular file")
         text = path.read_bytes()
     except FileNotFoundError:
         raise SecretError(f"secret file {path} does not exist") from None
     except OSError as exc:
         raise SecretError(f"cannot read secret file {path}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(mode):
-        raise SecretError(f"secret file {path} is not a regular file")
     found = []
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()

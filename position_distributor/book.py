@@ -41,12 +41,11 @@ class Book:
     def __init__(self, positions: Iterable[Position] = ()) -> None:
         # strategy -> symbol -> position, so one strategy's positions are one lookup away.
         self._by_strategy: dict[str, dict[str, Position]] = {}
-        self._size = 0
         for position in positions:
             self.apply(position)
 
     def __len__(self) -> int:
-        return self._size
+        return sum(map(len, self._by_strategy.values()))
 
     def __iter__(self) -> Iterator[Position]:
         for symbols in self._by_strategy.values():
@@ -59,12 +58,22 @@ class Book:
         if symbols is None:
             symbols = self._by_strategy[position.strategy] = {}
         current = symbols.get(position.symbol)
-        if current is None:
-            self._size += 1
-        elif _key(position) <= _key(current):
+        if current is not None and _key(position) <= _key(current):
             return False
         symbols[position.symbol] = position
         return True
+
+    def symbols(self, strategy: str) -> dict[str, Position]:
+        """The live map symbol -> position of ``strategy`` (created empty if new).
+
+        For the owner's batch path (the engine applying its own trades, each newer than the
+        last): whoever writes to it must only ever replace an entry by a greater one, and
+        never store -0.0.
+        """
+        symbols = self._by_strategy.get(strategy)
+        if symbols is None:
+            symbols = self._by_strategy[strategy] = {}
+        return symbols
 
     def get(self, strategy: str, symbol: str) -> Position | None:
         """The current entry for ``(strategy, symbol)``, if any."""

@@ -11,7 +11,6 @@ were applied, and nothing calls out while holding the book lock.
 from __future__ import annotations
 
 import contextlib
-import math
 import queue
 import threading
 import time
@@ -33,7 +32,7 @@ __all__ = ["DEFAULT_MAX_SYMBOLS", "Engine", "Output", "Subscriber", "TradeError"
 
 _STOP: Final = None  # consumer sentinel, read from the consumer's own queue
 DEFAULT_MAX_SYMBOLS: Final = 200_000  # per strategy: bounds what a peer can make us hold
-_MAX_BATCH: Final = 4096  # items drained per batch: bounds a transaction and a write
+_MAX_BATCH: Final = 8192  # trades or messages per batch: bounds a transaction and a write
 
 
 class TradeError(Exception):
@@ -93,7 +92,7 @@ class Engine:
         recovery_timeout: float = 5.0,
         recovery_grace: float = 0.5,
         relay: bool = False,
-        max_queue: int = 65536,
+        max_queue: int = 1024,
         max_symbols: int = DEFAULT_MAX_SYMBOLS,
         on_fatal: Callable[[str], None] | None = None,
     ) -> None:
@@ -118,7 +117,9 @@ class Engine:
         # Taken before the book lock is released (see _apply_then_publish).
         self._publish_lock = threading.Lock()
         self._subscribers: tuple[Subscriber, ...] = ()
-        self._trades: queue.Queue[_Trade | None] = queue.Queue(max_queue)
+        # Lists of trades (a console burst, or one API trade); bounded, so typing faster
+        # than trades apply blocks the console (backpressure) instead of growing memory.
+        self._trades: queue.Queue[list[_Trade] | None] = queue.Queue(max_queue)
         self._positions: queue.Queue[tuple[Connection, list[Any]] | None] = queue.Queue(64)
         self._threads: list[threading.Thread] = []
         # Mutex making "not stopping, so queue the trade" one step against stop_trades().
@@ -196,7 +197,16 @@ class Engine:
         with self._submit_lock:
             if self._stopping:
                 return False
-            self._trades.put(_Trade(symbol, quantity, future))
+            self._trades.put([_Trade(symbol, quantity, future)])
+            return True
+
+    def submit_many(self, trades: list[tuple[str, float, None]]) -> bool:
+        """Queue validated ``(symbol, quantity, None)`` trades at once (the console's burst
+        path, which builds them so); False if stopping."""
+        with self._submit_lock:
+            if self._stopping:
+                return False
+            self._trades.put(trades)  # type: ignore[arg-type]  # the same shape as _Trade
             return True
 
     def barrier(self) -> Future[None]:
@@ -279,7 +289,7 @@ class Engine:
         try:
             if self.recovering and not self._await_recovery():
                 return  # stopping, and not a trade was waiting
-            for batch in self._batches(self._trades):
+            for batch in self._batches(self._trades, len):
                 self._apply_trades(batch)
         except Exception:  # a safety net: this branch should never run
             self._fail("the trade consumer")
@@ -287,72 +297,101 @@ class Engine:
     def _consume_positions(self) -> None:
         """Position consumer: apply peers' positions in batches; count completed syncs."""
         try:
-            for batch in self._batches(self._positions):
+            for batch in self._batches(self._positions, _message_count):
                 self._apply_positions(batch)
         except Exception:  # a safety net: this branch should never run
             self._fail("the position consumer")
 
-    def _batches(self, q: queue.Queue[Any]) -> Iterable[list[Any]]:
-        """Block for one item, then take whatever else is queued; end at the sentinel."""
+    def _batches(self, q: queue.Queue[Any], size: Callable[[Any], int]) -> Iterable[list[Any]]:
+        """Block for one item, then take whatever else is queued, up to ``_MAX_BATCH`` trades
+        or messages (``size`` of each item) per batch; end at the sentinel."""
         get, get_nowait = q.get, q.get_nowait
         while True:
             item = get()
             if item is _STOP:
                 return
             batch = [item]
+            total = size(item)
             with contextlib.suppress(queue.Empty):
-                while len(batch) < _MAX_BATCH:
+                while total < _MAX_BATCH:
                     item = get_nowait()
                     if item is _STOP:
                         yield batch
                         return
                     batch.append(item)
+                    total += size(item)
             yield batch
 
-    def _apply_trades(self, trades: list[_Trade]) -> None:
+    def _apply_trades(self, batches: list[list[_Trade]]) -> None:
+        """Apply a batch of own trades: one transaction, one broadcast, one write of rows.
+
+        Every trade gets its journal entry and its row; the store and the peers get the last
+        position of each symbol in the batch (the ones before it are already superseded).
+        """
         name = self.name
-        book = self._book
-        changes: list[Position] = []
-        journal: list[JournalEntry] = []
+        rows: list[str] = []
+        journal: list[tuple[int, str, float, float, int, str]] = []
+        latest: dict[str, Position] = {}
+        changes: list[Position] | None = [] if self._subscribers else None
         futures: list[tuple[Future[Any], Position | TradeError | None]] = []
-        now_ns = time.time_ns()
+        time_ns = time.time_ns
+        new = tuple.__new__  # Position(...) without NamedTuple's slower __new__
+        now_ns = time_ns()
         self._book_lock.acquire()
         try:
-            next_ts = self._clock.next
-            for symbol, quantity, future in trades:
-                if not symbol:  # a barrier: done once everything before it is published
+            own = self._book.symbols(name)
+            last = self._clock.last
+            for batch in batches:
+                for symbol, quantity, future in batch:
+                    if not symbol:  # a barrier: done once everything before it is published
+                        if future is not None:
+                            futures.append((future, None))
+                        continue
+                    current = own.get(symbol)
+                    if current is not None:
+                        net = current[2] + quantity + 0.0  # + 0.0: never -0.0
+                    elif len(own) < self._max_symbols:
+                        net = quantity + 0.0
+                    else:
+                        self._refuse(
+                            future,
+                            futures,
+                            f"{symbol}: this strategy already holds {self._max_symbols}"
+                            " symbols, the most a node accepts (--max-symbols)",
+                        )
+                        continue
+                    if net - net != 0.0:  # inf or nan: not finite
+                        self._refuse(
+                            future,
+                            futures,
+                            f"{symbol} {quantity:g} would make the position overflow",
+                        )
+                        continue
+                    ts = time_ns()
+                    if ts <= last:  # the wall clock stepped back, or a fast burst
+                        ts = last + 1
+                    last = ts
+                    own[symbol] = latest[symbol] = position = new(Position, (name, symbol, net, ts))
+                    journal.append((now_ns, symbol, quantity, net, ts, "trade"))
+                    rows.append(f"{name} | {symbol} | {net:.6f} | {ts}\n")
+                    if changes is not None:
+                        changes.append(position)
                     if future is not None:
-                        futures.append((future, None))
-                    continue
-                current = book.get(name, symbol)
-                net = (0.0 if current is None else current.net_position) + quantity
-                error = None
-                if not math.isfinite(net):
-                    error = TradeError(f"{symbol} {quantity:g} would make the position overflow")
-                elif current is None and book.count(name) >= self._max_symbols:
-                    error = TradeError(
-                        f"{symbol}: this strategy already holds {self._max_symbols} symbols,"
-                        " the most a node accepts (--max-symbols)"
-                    )
-                if error is not None:
-                    logger.error("trade refused: {}", error)
-                    if future is not None:
-                        futures.append((future, error))
-                    continue
-                position = Position(name, symbol, net + 0.0, next_ts())
-                book.apply(position)
-                changes.append(position)
-                journal.append(
-                    JournalEntry(now_ns, symbol, quantity, position[2], position[3], "trade")
-                )
-                if future is not None:
-                    futures.append((future, position))
-            clock = self._clock.last
+                        futures.append((future, position))
+            self._clock.observe(last)
             self._publish_lock.acquire()
         finally:
             self._book_lock.release()
         try:
-            self._publish(changes, clock, broadcast=changes, journal=journal)
+            stored = list(latest.values())
+            self._publish(
+                stored if changes is None else changes,
+                last,
+                stored=stored,
+                broadcast=stored,
+                rows="".join(rows),
+                journal=journal,
+            )
         finally:
             self._publish_lock.release()
         for future, result in futures:
@@ -360,6 +399,17 @@ class Engine:
                 future.set_exception(result)
             else:
                 future.set_result(result)
+
+    @staticmethod
+    def _refuse(
+        future: Future[Any] | None,
+        futures: list[tuple[Future[Any], Position | TradeError | None]],
+        reason: str,
+    ) -> None:
+        error = TradeError(reason)
+        logger.error("trade refused: {}", error)
+        if future is not None:
+            futures.append((future, error))
 
     def _apply_positions(self, batch: list[tuple[Connection, list[Any]]]) -> None:
         name = self.name
@@ -369,7 +419,7 @@ class Engine:
         relayed: list[tuple[Position, Connection]] = []
         relay = self.relay
         bases: list[Position] = []
-        journal: list[JournalEntry] = []
+        journal: list[tuple[int, str, float, float, int, str]] = []
         synced: list[str] = []
         publishing = False  # whether this thread holds the publish lock yet
         max_symbols = self._max_symbols
@@ -441,7 +491,10 @@ class Engine:
         return True
 
     def _learn_own(
-        self, echo: Position, bases: list[Position], journal: list[JournalEntry]
+        self,
+        echo: Position,
+        bases: list[Position],
+        journal: list[tuple[int, str, float, float, int, str]],
     ) -> Position | None:
         """A peer sent back one of our own positions (the echo in its sync): apply it.
 
@@ -493,20 +546,24 @@ class Engine:
         clock: int,
         *,
         broadcast: list[Position],
+        stored: list[Position] | None = None,
+        rows: str | None = None,
         relayed: list[tuple[Position, Connection]] | None = None,
-        journal: list[JournalEntry] | None = None,
+        journal: list[tuple[int, str, float, float, int, str]] | None = None,
         bases: list[Position] | None = None,
     ) -> None:
         """Commit, send, print and notify. Caller holds the publish lock.
 
-        ``broadcast`` (own positions) goes to every peer; with relay, each of ``relayed`` (a
-        change received from a connection) goes to every relaying peer but the one it came
-        from and its owner. Only changes are sent, so relaying stops by itself.
+        ``changes`` go to subscribers and are printed (unless ``rows`` is given) and stored
+        (unless ``stored`` is). ``broadcast`` (own positions) goes to every peer; with relay,
+        each of ``relayed`` (a change received from a connection) goes to every relaying peer
+        but the one it came from and its owner. Only changes are sent, so relaying stops by
+        itself.
         """
         assert self._publish_lock.locked()
         if not changes and not bases:
             return
-        self._store.commit(changes, clock, journal or (), bases or ())
+        self._store.commit(changes if stored is None else stored, clock, journal or (), bases or ())
         if not changes:
             return
         if relayed:
@@ -515,7 +572,9 @@ class Engine:
             self.sent += len(broadcast) * self._peer.broadcast(
                 b"".join(map(encode_position, broadcast))
             )
-        self._out.write("".join([p.row() + "\n" for p in changes]))
+        if rows is None:
+            rows = "".join([f"{p[0]} | {p[1]} | {p[2]:.6f} | {p[3]}\n" for p in changes])
+        self._out.write(rows)
         for subscriber in self._subscribers:
             subscriber.deliver(changes)
 
@@ -599,3 +658,7 @@ class Engine:
             self._store.mark_recovered()
         self.recovering = False
         return True
+
+
+def _message_count(item: tuple[Connection, list[Any]]) -> int:
+    return len(item[1])

@@ -394,6 +394,12 @@ class Node:
         if not self._started().submit(symbol, quantity):
             raise NodeError(f"node {self.name} is stopping")
 
+    def submit_many(self, trades: list[tuple[str, float, None]]) -> None:
+        """Queue already validated ``(symbol, quantity, None)`` trades at once (the console's
+        burst path)."""
+        if not self._started().submit_many(trades):
+            raise NodeError(f"node {self.name} is stopping")
+
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every trade submitted so far is applied (or refused); False on timeout.
 

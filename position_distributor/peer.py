@@ -15,6 +15,7 @@ At most one live connection per peer strategy (see ``_register``).
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import random
 import socket
@@ -102,6 +103,8 @@ class Connection:
         self.ready = False  # handshake complete and registered as the live connection
         self.last_heard = time.monotonic()
         self._tokens = float(peer.limits.max_peer_burst)  # the rate guard's bucket
+        # Direct writes bypass the writer, so not with TLS (whose records the writer orders).
+        self._direct = peer.tls is None
         self._transport: Transport
         if peer.tls is None:
             self._transport = Transport(sock)
@@ -111,10 +114,13 @@ class Connection:
                 sock,
                 client if connector is not None else server,
                 server_side=connector is None,
-                wake_writer=lambda: self._queue.put(b""),
+                wake_writer=self._wake_writer,
             )
         self._peer = peer
         self._sock = sock
+        # Each frame goes out when written: no Nagle delay waiting for the peer's ACK.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # Mutex protecting the byte counts and _closed_reason (the send side's state).
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
@@ -123,6 +129,10 @@ class Connection:
         self._enqueued = 0
         self._written = 0
         self._exempt_until = 0
+        # Items queued for the writer and not yet being written, and whether it is writing:
+        # when neither, send() writes directly (one thread hand-off less per message).
+        self._items = 0
+        self._writing = False
         self._closed_reason: str | None = None
         self._writer = threading.Thread(
             target=self._send_frames, name=f"send-{self.label}", daemon=True
@@ -170,7 +180,17 @@ class Connection:
                 self._enqueued += size
                 if not bounded:
                     self._exempt_until = self._enqueued
-                self._queue.put(data)
+                if self._direct and not self._items and not self._writing:
+                    # The writer is idle: write now, without waking it, as much as the
+                    # socket takes at once; the writer sends the rest, in order.
+                    sent = self._write_now(data)
+                    self._written += sent
+                    if sent < size:
+                        self._items += 1
+                        self._queue.put(data[sent:])
+                else:
+                    self._items += 1
+                    self._queue.put(data)
         if overflow:
             self.close(
                 f"peer is not keeping up: {pending + size} bytes would be queued for it,"
@@ -178,6 +198,24 @@ class Connection:
             )
             return False
         return True
+
+    def _wake_writer(self) -> None:
+        with self._lock:
+            self._items += 1
+            self._queue.put(b"")
+
+    def _write_now(self, data: bytes) -> int:
+        """Write what the socket takes without blocking; caller holds the send lock.
+
+        The socket has a timeout, so its file descriptor is non-blocking: ``os.write`` on it
+        returns at once (``socket.send`` would first wait, up to the timeout, to be writable).
+        """
+        try:
+            return os.write(self._sock.fileno(), data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError:
+            return 0  # the writer meets the error on the rest, and reports it
 
     def close(self, reason: str, *, flush: bool = False) -> None:
         """Close the connection for ``reason`` (the first reason given is the one logged).
@@ -189,6 +227,7 @@ class Connection:
             if self._closed_reason is not None:
                 return
             self._closed_reason = reason
+            self._items += 1
             self._queue.put(_STOP)
         if not flush:
             self._shutdown()
@@ -344,12 +383,21 @@ class Connection:
                 try:
                     item = get(timeout=interval)
                 except queue.Empty:
+                    with self._lock:
+                        if self._items:  # queued just now: take it next time round
+                            continue
+                        self._writing = True
                     sendall(_HEARTBEAT)
+                    with self._lock:
+                        self._writing = False
                     continue
                 chunks = [item]
                 with contextlib.suppress(queue.Empty):
                     while True:
                         chunks.append(self._queue.get_nowait())
+                with self._lock:
+                    self._items -= len(chunks)
+                    self._writing = True
                 stop = _STOP in chunks
                 data = b"".join(chunk for chunk in chunks if chunk is not _STOP)
                 if not data:
@@ -359,6 +407,7 @@ class Connection:
                         sendall(view[start : start + _SEND_SLICE])
                 with self._lock:
                     self._written += len(data)
+                    self._writing = False
                 if stop:
                     break
         except OSError as exc:

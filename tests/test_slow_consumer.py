@@ -28,7 +28,9 @@ from .waiting import LogCapture, capture_logs, wait_until
 pytestmark = pytest.mark.usefixtures("no_thread_leak")
 
 SENDER = "sender_" + "x" * 57  # 64 characters: a large frame per update
-SYMBOLS = [f"SYMBOL_{i:025d}" for i in range(40)]  # 32 characters each
+SYMBOLS = [f"SYMBOL_{i:025d}" for i in range(4_000)]  # 32 characters; 2 bursts to cycle
+# (distinct symbols in a burst: the sender sends only the last position of a symbol per
+# batch, so repeated symbols would barely add bytes)
 MAX_SEND_QUEUE = 1 << 20
 BURST = 2_000  # about 250 KB of frames: a healthy peer's queue never nears the limit
 MAX_TRADES = 400_000  # bounds the loop: the kernel's buffers hold far less than this
