@@ -144,8 +144,9 @@ class Tap:
         """Everything relayed so far, both ways, every connection (for a plain-text search)."""
         return b"".join(flow.to_target + flow.to_dialler for flow in self.snapshot())
 
-    def finished_flows(self) -> int:
-        return sum(flow.finished for flow in self.snapshot())
+    def finished_flows(self, since: int = 0) -> int:
+        """How many connections (from the ``since``-th on) have ended both ways."""
+        return sum(flow.finished for flow in self.snapshot()[since:])
 
     def _accept(self) -> None:
         while True:

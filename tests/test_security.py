@@ -1,0 +1,588 @@
+"""Security of real connections: who may join, read and write, on 127.0.0.1 sockets.
+
+In-process nodes (``Node``), raw sockets and a recording relay (``Tap``, what a listener on
+the network would see). Each refusal is checked the same ways: both nodes' books hold only
+what they are entitled to, not one position frame (nor the bytes of a symbol name) reached
+the side that was refused, and the node logs one line naming the address and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from position_distributor.engine import TradeError
+from position_distributor.node import Node
+from position_distributor.peer import Limits
+from position_distributor.types import Position
+from position_distributor.wire import Auth, Heartbeat, Hello, SyncDone, encode, frame
+
+from .certs import CertSet, NodeCert, session_certs
+from .inproc import FAST_LIMITS, Nodes, Rows
+from .security_support import (
+    Impostor,
+    Tap,
+    decode,
+    positions_in,
+    start_node,
+    write_secret,
+)
+from .waiting import LogCapture, capture_logs, wait_until
+
+A, B = "strategy_1", "strategy_2"
+SECRET = "cluster-secret-0123456789abcdef"
+OTHER_SECRET = "another-secret-0123456789abcdef"
+NEW_SECRET = "rotated-secret-fedcba9876543210"
+# Symbols whose bytes must never be seen by a refused side (nor on the wire, with TLS).
+A_SYMBOL, B_SYMBOL = "SECRETSYM", "OUTSIDESYM"
+FAR_FUTURE = 4_000_000_000_000_000_000  # a timestamp in 2096: wins any LWW merge
+ATTEMPTS = 3  # refused connections to see before concluding nothing got through
+
+
+@pytest.fixture
+def nodes(tmp_path: Path, no_thread_leak: None) -> Iterator[Nodes]:
+    """In-process nodes, all stopped at the end (then no thread of the test may be left)."""
+    started = Nodes(tmp_path)
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+@pytest.fixture
+def logs() -> Iterator[LogCapture]:
+    with capture_logs() as capture:
+        yield capture
+
+
+@pytest.fixture
+def taps() -> Iterator[list[Tap]]:
+    """Recording relays, closed (every thread joined) at the end."""
+    made: list[Tap] = []
+    try:
+        yield made
+    finally:
+        for tap in made:
+            tap.close()
+
+
+@pytest.fixture
+def certs(tmp_path_factory: pytest.TempPathFactory) -> CertSet:
+    return session_certs(tmp_path_factory)
+
+
+def secret_file(tmp_path: Path, *secrets: str, name: str = "secret") -> Path:
+    return write_secret(tmp_path / name, *secrets)
+
+
+def kinds(data: bytes) -> set[type]:
+    """The kinds of message among ``data`` but heartbeats (sent whenever a link is idle)."""
+    return {type(m) for m in decode(data)} - {Heartbeat}
+
+
+def nets(node: Node) -> dict[tuple[str, str], float]:
+    return {(p.strategy, p.symbol): p.net_position for p in node.positions()}
+
+
+def traded(node: Node, rows: Rows, symbol: str, quantity: float = 100.0) -> None:
+    """Trade and wait for the node's own row (the position is in its book)."""
+    position = node.trade(symbol, quantity).result(10)
+    rows.wait_for_row(position)
+
+
+def assert_nothing_crossed(tap: Tap, a: Node, m: Node) -> None:
+    """Neither node learnt the other's positions and no position crossed the relay."""
+    assert nets(a) == {(A, A_SYMBOL): 100.0}
+    assert nets(m) == {(B, B_SYMBOL): 5.0}
+    for flow in tap.snapshot():
+        assert positions_in(flow.to_target) == []
+        assert positions_in(flow.to_dialler) == []
+    wire = tap.all_bytes()
+    assert A_SYMBOL.encode() not in wire
+    assert B_SYMBOL.encode() not in wire
+
+
+def refused_through(
+    nodes: Nodes,
+    taps: list[Tap],
+    member: dict[str, Any],
+    outsider: dict[str, Any],
+    *,
+    outsider_dials: bool,
+) -> tuple[Node, Node, Tap]:
+    """Member A (holding A_SYMBOL) and outsider M (holding B_SYMBOL) with these credentials;
+    one dials the other through a recording relay; wait for several refused attempts."""
+    if outsider_dials:
+        a, a_rows = start_node(nodes, A, **member)
+        tap = Tap(a.port)
+        m, m_rows = start_node(nodes, B, peers=(tap.port,), **outsider)
+    else:
+        m, m_rows = start_node(nodes, B, **outsider)
+        tap = Tap(m.port)
+        a, a_rows = start_node(nodes, A, peers=(tap.port,), **member)
+    taps.append(tap)
+    traded(a, a_rows, A_SYMBOL)
+    traded(m, m_rows, B_SYMBOL, 5.0)
+    # The dialler redials at once after each refusal: several whole attempts since both
+    # nodes hold a position, each refused.
+    since = len(tap.snapshot())
+    wait_until(lambda: tap.finished_flows(since) >= ATTEMPTS, 15, f"{ATTEMPTS} refused connections")
+    return a, m, tap
+
+
+def member_refusal(logs: LogCapture, tap: Tap, *, outsider_dials: bool, reason: str) -> str:
+    """The member's log line about the refused connection; it names the address and reason."""
+    if outsider_dials:
+        # "connection from WHO at 127.0.0.1:PORT refused: REASON" (PORT: the relay's side)
+        marks = ("connection from ", " at 127.0.0.1:", " refused: ", reason)
+    else:
+        # "127.0.0.1:PORT refused the connection: REASON; will keep trying"
+        marks = (f"127.0.0.1:{tap.port} refused the connection: ", reason)
+
+    def found(lines: list[str]) -> str | None:
+        return next((line for line in lines if all(mark in line for mark in marks)), None)
+
+    return str(logs.wait_for(found, 10, f"a log line with {marks}"))
+
+
+# A shared secret.
+
+
+@pytest.mark.parametrize(
+    ("secrets_a", "secrets_b"),
+    [
+        ([SECRET], [SECRET]),
+        ([SECRET, NEW_SECRET], [NEW_SECRET, SECRET]),  # mid-rotation: each accepts both
+    ],
+    ids=["same secret", "mid-rotation"],
+)
+def test_nodes_sharing_the_secret_converge(
+    nodes: Nodes, tmp_path: Path, logs: LogCapture, secrets_a: list[str], secrets_b: list[str]
+) -> None:
+    """Two nodes whose secret files share an accepted secret connect and converge both ways."""
+    a, a_rows = start_node(nodes, A, secret_file=secret_file(tmp_path, *secrets_a, name="a"))
+    b, b_rows = start_node(
+        nodes, B, peers=(a.port,), secret_file=secret_file(tmp_path, *secrets_b, name="b")
+    )
+    a.trade(A_SYMBOL, 100).result(10)
+    b.trade(B_SYMBOL, 5).result(10)
+    both = {(A, A_SYMBOL): 100.0, (B, B_SYMBOL): 5.0}
+    a_rows.wait_for_nets(both)
+    b_rows.wait_for_nets(both)
+    assert logs.lines_with("peers must prove who they are: a cluster secret")
+    assert not logs.lines_with("authentication failed")
+
+
+@pytest.mark.parametrize("outsider_dials", [True, False], ids=["outsider dials", "member dials"])
+@pytest.mark.parametrize("outsider_secret", [OTHER_SECRET, None], ids=["wrong secret", "none"])
+def test_an_outsider_without_the_secret_neither_learns_nor_injects(
+    nodes: Nodes,
+    tmp_path: Path,
+    taps: list[Tap],
+    logs: LogCapture,
+    outsider_secret: str | None,
+    outsider_dials: bool,
+) -> None:
+    """A node with a wrong secret, or none, gets no position from a node with the secret and
+    gives it none, whichever side dials; the member logs the reason."""
+    member = {"secret_file": secret_file(tmp_path, SECRET, name="member")}
+    outsider = {
+        "secret_file": None
+        if outsider_secret is None
+        else secret_file(tmp_path, outsider_secret, name="outsider")
+    }
+    a, m, tap = refused_through(nodes, taps, member, outsider, outsider_dials=outsider_dials)
+    assert_nothing_crossed(tap, a, m)
+    reason = (
+        "authentication failed: the peer's proof does not match the cluster secret"
+        if outsider_secret
+        else "peer sent no authentication nonce"
+    )
+    member_refusal(logs, tap, outsider_dials=outsider_dials, reason=reason)
+    if outsider_secret is None:
+        logs.wait_for_text("peer requires a cluster secret and this node has none")
+
+
+def test_with_a_secret_alone_positions_cross_the_wire_in_clear(
+    nodes: Nodes, tmp_path: Path, taps: list[Tap]
+) -> None:
+    """A secret authenticates but does not encrypt: a listener on the wire reads positions
+    (docs/security.md says so; TLS is the option that hides them)."""
+    secret = secret_file(tmp_path, SECRET)
+    a, _ = start_node(nodes, A, secret_file=secret)
+    tap = Tap(a.port)
+    taps.append(tap)
+    _, b_rows = start_node(nodes, B, peers=(tap.port,), secret_file=secret)
+    position = a.trade(A_SYMBOL, 100).result(10)
+    b_rows.wait_for_row(position)
+    assert A_SYMBOL.encode() in tap.all_bytes()
+    assert position in positions_in(tap.snapshot()[-1].to_dialler)
+
+
+# Raw sockets: garbage and replays.
+
+GARBAGE = {
+    "http request": b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    "tls client hello": bytes.fromhex("160301020001000200fc0303") + bytes(range(200)),
+    "undecodable frame": frame(b"\xff" * 40),
+    "empty frame": frame(b""),
+    "position before hello": encode(Position(B, "FORGED", 1e9, FAR_FUTURE)),
+    "hello then a random proof": encode(Hello(B, nonce=os.urandom(32))) + encode(Auth(b"x" * 32)),
+    "hello with no nonce": encode(Hello(B)) + encode(Position(B, "FORGED", 1e9, FAR_FUTURE)),
+}
+
+
+@pytest.mark.parametrize("garbage", list(GARBAGE.values()), ids=list(GARBAGE))
+def test_a_raw_socket_speaking_garbage_gets_no_position_data(
+    nodes: Nodes, tmp_path: Path, logs: LogCapture, garbage: bytes
+) -> None:
+    """A connection that sends garbage (or a handshake it cannot complete) is closed having
+    received at most the node's Hello and Auth, and is logged once with its address."""
+    a, a_rows = start_node(nodes, A, secret_file=secret_file(tmp_path, SECRET))
+    traded(a, a_rows, A_SYMBOL)
+    raw = Impostor.dial(a.port, B, secrets=None)
+    try:
+        raw.send(garbage)
+        received = raw.until_eof()
+    finally:
+        raw.close()
+    assert kinds(received) <= {Hello, Auth}
+    assert A_SYMBOL.encode() not in received
+    line = logs.wait_for_text(f"at {raw.label} refused: protocol error: ")
+    assert len(logs.lines_with(raw.label)) == 1, logs.lines_with(raw.label)
+    assert "connection from" in line
+    assert nets(a) == {(A, A_SYMBOL): 100.0}
+
+
+@pytest.mark.parametrize("replayed", ["dialler's", "acceptor's"])
+def test_a_replayed_handshake_gets_no_position_data(
+    nodes: Nodes, tmp_path: Path, taps: list[Tap], logs: LogCapture, replayed: str
+) -> None:
+    """The Hello and Auth recorded from a real connection, replayed on a new one, fail the
+    proof (the node's nonce is fresh): no position is sent and the failure is logged once."""
+    secret = secret_file(tmp_path, SECRET)
+    a, a_rows = start_node(nodes, A, secret_file=secret)
+    tap = Tap(a.port)
+    taps.append(tap)
+    b, b_rows = start_node(nodes, B, peers=(tap.port,), secret_file=secret)
+    traded(a, a_rows, A_SYMBOL)
+    traded(b, b_rows, B_SYMBOL, 5)
+    a_rows.wait_for_nets({(A, A_SYMBOL): 100.0, (B, B_SYMBOL): 5.0})
+    flow = tap.snapshot()[0]
+    # B dialled A: B's handshake went to the target, A's back to the dialler.
+    recorded = flow.to_target if replayed == "dialler's" else flow.to_dialler
+    hello, auth = decode(recorded)[:2]
+    assert isinstance(hello, Hello) and isinstance(auth, Auth)
+    victim = a if replayed == "dialler's" else b  # the node the recording was not from
+    raw = Impostor.dial(victim.port, hello.strategy, secrets=None)
+    try:
+        raw.send(encode(hello) + encode(auth))
+        received = raw.until_eof()
+    finally:
+        raw.close()
+    assert kinds(received) <= {Hello, Auth}
+    assert positions_in(received) == []
+    assert A_SYMBOL.encode() not in received and B_SYMBOL.encode() not in received
+    logs.wait_for_text(f"at {raw.label} refused: protocol error: authentication failed")
+    assert len(logs.lines_with(raw.label)) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: the proof binds names and nonces but not the connection, so a process with"
+    " no secret that dials two nodes and relays each one's Hello and Auth to the other is"
+    " authenticated by both as the other: it reads both syncs and injects positions",
+)
+def test_relaying_two_handshakes_does_not_authenticate_an_outsider(
+    nodes: Nodes, tmp_path: Path
+) -> None:
+    """An outsider that dials two nodes and passes each one's Hello and Auth to the other
+    gets no position from either and cannot inject one."""
+    secret = secret_file(tmp_path, SECRET)
+    a, a_rows = start_node(nodes, A, secret_file=secret)
+    b, b_rows = start_node(nodes, B, secret_file=secret)
+    traded(a, a_rows, A_SYMBOL)
+    traded(b, b_rows, B_SYMBOL, 5)
+    # The outsider plays B to A and A to B, with each node's own nonce as its own.
+    to_a = Impostor.dial(a.port, B, secrets=None)
+    to_b = Impostor.dial(b.port, A, secrets=None)
+    try:
+        for raw in (to_a, to_b):
+            raw.pump(lambda r: decode(bytes(r.raw)), 10)
+        hello_a, hello_b = decode(bytes(to_a.raw))[0], decode(bytes(to_b.raw))[0]
+        assert isinstance(hello_a, Hello) and isinstance(hello_b, Hello)
+        to_a.send(encode(Hello(B, nonce=hello_b.nonce)))
+        to_b.send(encode(Hello(A, nonce=hello_a.nonce)))
+        for raw in (to_a, to_b):
+            raw.pump(lambda r: len(decode(bytes(r.raw))) >= 2, 10)
+        auth_a, auth_b = decode(bytes(to_a.raw))[1], decode(bytes(to_b.raw))[1]
+        to_a.send(encode(auth_b))
+        to_b.send(encode(auth_a))
+        forged = Position(B, "FORGED", 1e9, FAR_FUTURE)
+        to_a.send(encode(forged) + encode(SyncDone(1)))
+        # Either each node closes the connection, or each sends its sync: read until then.
+        for raw in (to_a, to_b):
+            raw.pump(lambda r: any(isinstance(m, SyncDone) for m in decode(bytes(r.raw))), 10)
+        if not to_a.eof:
+            a_rows.wait_for_row(forged, timeout=5)  # the forged row shows at once, if at all
+        learnt = positions_in(bytes(to_a.raw)) + positions_in(bytes(to_b.raw))
+    finally:
+        to_a.close()
+        to_b.close()
+    assert learnt == []
+    assert (B, "FORGED") not in nets(a)
+
+
+# TLS.
+
+
+def tls_of(certs: CertSet, name: str) -> NodeCert:
+    return certs.nodes[name]
+
+
+def test_tls_with_good_certificates_converges_and_hides_positions(
+    nodes: Nodes, certs: CertSet, taps: list[Tap], logs: LogCapture
+) -> None:
+    """Nodes with certificates from the same CA naming their strategies converge, and a
+    listener on the wire sees no position and no symbol name."""
+    a, a_rows = start_node(nodes, A, tls=tls_of(certs, A))
+    tap = Tap(a.port)
+    taps.append(tap)
+    b, b_rows = start_node(nodes, B, peers=(tap.port,), tls=tls_of(certs, B))
+    a.trade(A_SYMBOL, 100).result(10)
+    b.trade(B_SYMBOL, 5).result(10)
+    both = {(A, A_SYMBOL): 100.0, (B, B_SYMBOL): 5.0}
+    a_rows.wait_for_nets(both)
+    b_rows.wait_for_nets(both)
+    wire = tap.all_bytes()
+    assert wire and A_SYMBOL.encode() not in wire and B_SYMBOL.encode() not in wire
+    assert decode(wire) == []  # not even a Hello frame in clear
+    assert logs.lines_with("peers must prove who they are: TLS certificates")
+
+
+BAD_TLS = {
+    # name: (the outsider's TLS files, the reason the member gives)
+    "certificate from another CA": ("other_ca", "TLS handshake failed"),
+    "certificate for another name": ("wrong_name", "its certificate is for strategy_9"),
+    "plain TCP": (None, "TLS handshake failed"),
+}
+
+
+@pytest.mark.parametrize("outsider_dials", [True, False], ids=["outsider dials", "member dials"])
+@pytest.mark.parametrize("case", list(BAD_TLS))
+def test_tls_refuses_a_bad_certificate_or_none(
+    nodes: Nodes,
+    certs: CertSet,
+    taps: list[Tap],
+    logs: LogCapture,
+    case: str,
+    outsider_dials: bool,
+) -> None:
+    """A peer whose certificate is from another CA, names another strategy than it claims,
+    or that speaks plain TCP, is refused both ways: nothing is exchanged."""
+    which, reason = BAD_TLS[case]
+    outsider_tls = None if which is None else getattr(certs, which)
+    a, m, tap = refused_through(
+        nodes,
+        taps,
+        {"tls": tls_of(certs, A)},
+        {"tls": outsider_tls},
+        outsider_dials=outsider_dials,
+    )
+    assert_nothing_crossed(tap, a, m)
+    member_refusal(logs, tap, outsider_dials=outsider_dials, reason=reason)
+
+
+def test_tls_and_a_secret_together_converge(
+    nodes: Nodes, tmp_path: Path, certs: CertSet, logs: LogCapture
+) -> None:
+    """With both TLS and a shared secret, nodes connect and converge."""
+    secret = secret_file(tmp_path, SECRET)
+    a, a_rows = start_node(nodes, A, tls=tls_of(certs, A), secret_file=secret)
+    b, b_rows = start_node(nodes, B, peers=(a.port,), tls=tls_of(certs, B), secret_file=secret)
+    a.trade(A_SYMBOL, 100).result(10)
+    b.trade(B_SYMBOL, 5).result(10)
+    both = {(A, A_SYMBOL): 100.0, (B, B_SYMBOL): 5.0}
+    a_rows.wait_for_nets(both)
+    b_rows.wait_for_nets(both)
+    assert logs.lines_with("a cluster secret (1 accepted) and TLS certificates")
+
+
+@pytest.mark.parametrize("outsider_dials", [True, False], ids=["outsider dials", "member dials"])
+def test_tls_with_good_certificates_but_a_wrong_secret_is_refused(
+    nodes: Nodes,
+    tmp_path: Path,
+    certs: CertSet,
+    taps: list[Tap],
+    logs: LogCapture,
+    outsider_dials: bool,
+) -> None:
+    """With both options, a good certificate is not enough: the secret must match too."""
+    a, m, tap = refused_through(
+        nodes,
+        taps,
+        {"tls": tls_of(certs, A), "secret_file": secret_file(tmp_path, SECRET, name="a")},
+        {"tls": tls_of(certs, B), "secret_file": secret_file(tmp_path, OTHER_SECRET, name="m")},
+        outsider_dials=outsider_dials,
+    )
+    assert_nothing_crossed(tap, a, m)
+    member_refusal(logs, tap, outsider_dials=outsider_dials, reason="authentication failed")
+
+
+# Limits.
+
+
+def test_the_rate_guard_cuts_off_a_flooding_peer(
+    nodes: Nodes, tmp_path: Path, logs: LogCapture
+) -> None:
+    """An authenticated peer sending faster than max_peer_rate beyond max_peer_burst is
+    disconnected, with one line naming it, its address and the limit."""
+    limits = Limits(
+        heartbeat_interval=FAST_LIMITS.heartbeat_interval,
+        idle_timeout=FAST_LIMITS.idle_timeout,
+        hello_timeout=FAST_LIMITS.hello_timeout,
+        max_peer_rate=100_000,
+        max_peer_burst=200_000,
+    )
+    a, _ = start_node(nodes, A, secret_file=secret_file(tmp_path, SECRET), limits=limits)
+    raw = Impostor.dial(a.port, B, secrets=[SECRET.encode()])
+    try:
+        raw.say_hello()
+        raw.pump(lambda r: any(isinstance(m, SyncDone) for m in decode(bytes(r.raw))))
+        heartbeats = encode(Heartbeat()) * 10_000  # 60 kB
+        sent = 0
+        while sent < 20_000_000 and raw.send(heartbeats):
+            sent += len(heartbeats)
+        raw.until_eof()
+    finally:
+        raw.close()
+    line = logs.wait_for_text(f"connection with {B} at {raw.label} closed: peer is flooding")
+    assert "more than 100000 bytes/s beyond a burst of 200000" in line
+    assert len(logs.lines_with(raw.label)) == 1
+    assert sent < 20_000_000, "the flood was never cut off"
+
+
+def test_the_symbol_cap_drops_a_peers_extra_symbols_with_one_line(
+    nodes: Nodes, tmp_path: Path, logs: LogCapture
+) -> None:
+    """A node at --max-symbols for a peer's strategy drops that peer's new symbols (logged
+    once), still applies updates of symbols it holds, and refuses its own extra trades."""
+    secret = secret_file(tmp_path, SECRET)
+    a, a_rows = start_node(nodes, A, secret_file=secret, max_symbols=3)
+    b, _ = start_node(nodes, B, peers=(a.port,), secret_file=secret)
+    for i in range(5):
+        b.trade(f"S{i}", 1).result(10)
+    b.trade("S0", 1).result(10)
+    a_rows.wait_for_nets({(B, "S0"): 2.0, (B, "S1"): 1.0, (B, "S2"): 1.0})
+    b.trade("S5", 1).result(10)
+    position = b.trade("S1", 1).result(10)
+    a_rows.wait_for_row(position)  # applied in order, so S5 was seen (and dropped) before
+    assert nets(a) == {(B, "S0"): 2.0, (B, "S1"): 2.0, (B, "S2"): 1.0}
+    capped = logs.lines_with("the most this node accepts (--max-symbols)")
+    assert len(capped) == 1, capped
+    assert capped[0].startswith(f"ERROR {B} holds 3 symbols") and "starting with S3" in capped[0]
+    for symbol in ("X0", "X1", "X2"):
+        a.trade(symbol, 1).result(10)
+    with pytest.raises(TradeError, match=r"already holds 3 symbols.*--max-symbols"):
+        a.trade("X3", 1).result(10)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: the symbol cap is not applied to the echo: a peer's sync may hold any number"
+    " of new symbols of the node's own strategy, and the node keeps, stores and broadcasts"
+    " them all",
+)
+def test_the_symbol_cap_holds_for_echoed_own_positions(
+    nodes: Nodes, tmp_path: Path, logs: LogCapture
+) -> None:
+    """A peer cannot make a node hold more than --max-symbols of its own strategy by sending
+    them back in its sync (the echo)."""
+    a, a_rows = start_node(nodes, A, secret_file=secret_file(tmp_path, SECRET), max_symbols=2)
+    raw = Impostor.dial(a.port, B, secrets=[SECRET.encode()])
+    try:
+        raw.say_hello()
+        raw.pump(lambda r: any(isinstance(m, SyncDone) for m in decode(bytes(r.raw))))
+        echo = [Position(A, f"E{i}", 1.0, 1_000 + i) for i in range(6)]
+        marker = Position(B, "MARK", 1.0, 1)
+        raw.send(b"".join(map(encode, [*echo, SyncDone(len(echo)), marker])))
+        a_rows.wait_for_row(marker)  # applied after the echo (one queue, in order)
+    finally:
+        raw.close()
+    own = [p for p in a.positions() if p.strategy == A]
+    assert len(own) <= 2, own
+
+
+def test_max_connections_refuses_extra_connections_with_one_line(
+    nodes: Nodes, logs: LogCapture
+) -> None:
+    """With max_connections open (even silent), another connection is closed at once with
+    nothing sent, one line names it; once one closes, a new one is served again."""
+    limits = Limits(
+        heartbeat_interval=FAST_LIMITS.heartbeat_interval, hello_timeout=30.0, max_connections=2
+    )
+    a, _ = start_node(nodes, A, limits=limits)
+    held = [Impostor.dial(a.port, B, secrets=None) for _ in range(2)]
+    extra = None
+    try:
+        for raw in held:  # each is served: it gets the node's Hello
+            raw.pump(lambda r: decode(bytes(r.raw)))
+        extra = Impostor.dial(a.port, B, secrets=None)
+        assert extra.until_eof() == b""
+        logs.wait_for_text(
+            f"refusing connection from {extra.label}: 2 connections open (the maximum)"
+        )
+        assert len(logs.lines_with(extra.label)) == 1
+        held[0].close()
+        logs.wait_for_text(f"at {held[0].label} refused: connection closed by the peer")
+        again = Impostor.dial(a.port, B, secrets=None)
+        held.append(again)
+        again.pump(lambda r: decode(bytes(r.raw)))
+        assert isinstance(decode(bytes(again.raw))[0], Hello)
+    finally:
+        for raw in [*held, *([extra] if extra else [])]:
+            raw.close()
+
+
+def test_a_connection_silent_past_the_hello_deadline_is_closed(
+    nodes: Nodes, logs: LogCapture
+) -> None:
+    """A connection that sends nothing (or an unfinished frame) is closed at the hello
+    deadline with one line naming its address."""
+    limits = Limits(heartbeat_interval=FAST_LIMITS.heartbeat_interval, hello_timeout=0.5)
+    a, _ = start_node(nodes, A, limits=limits)
+    silent = Impostor.dial(a.port, B, secrets=None)
+    partial = Impostor.dial(a.port, B, secrets=None)
+    try:
+        partial.send(encode(Hello(B))[:-1])  # all but the last byte
+        for raw in (silent, partial):
+            received = raw.until_eof(timeout=10)
+            assert kinds(received) == {Hello}
+            line = logs.wait_for_text(f"at {raw.label} refused: no Hello within 0.5s")
+            assert "unidentified peer" in line
+            assert len(logs.lines_with(raw.label)) == 1
+    finally:
+        silent.close()
+        partial.close()
+
+
+def test_a_plain_socket_cannot_read_a_tls_node(
+    nodes: Nodes, certs: CertSet, logs: LogCapture
+) -> None:
+    """A raw TCP client of a TLS node gets no frame at all (not even a Hello) and is logged."""
+    a, a_rows = start_node(nodes, A, tls=tls_of(certs, A))
+    traded(a, a_rows, A_SYMBOL)
+    raw = Impostor.dial(a.port, B, secrets=None)
+    try:
+        raw.say_hello()
+        received = raw.until_eof()
+    finally:
+        raw.close()
+    assert decode(received) == []
+    assert A_SYMBOL.encode() not in received
+    logs.wait_for_text(f"at {raw.label} refused: TLS handshake failed")
+    assert len(logs.lines_with(raw.label)) == 1
