@@ -95,11 +95,6 @@ def test_a_directory_is_not_a_secret_file(tmp_path: Path) -> None:
         load_secrets(tmp_path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: load_secrets reads the file before checking it is a regular file, so a FIFO"
-    " with no writer (or a slow device) blocks the node's start forever",
-)
 def test_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
     """A named pipe is refused as not a regular file at once, without waiting for a writer."""
     fifo = tmp_path / "fifo"
