@@ -275,7 +275,7 @@ def _nets(positions: list[Position]) -> dict[tuple[str, str], float]:
 
 
 NodesMachine.TestCase.settings = settings(
-    max_examples=int(os.environ.get("STATEFUL_NODES_EXAMPLES", 200 if _LONG else 35)),
+    max_examples=int(os.environ.get("STATEFUL_NODES_EXAMPLES", 200 if _LONG else 50)),
     stateful_step_count=40 if _LONG else 30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
