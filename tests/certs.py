@@ -49,7 +49,7 @@ class CertSet:
     """Every certificate the security tests use."""
 
     ca: Path
-    nodes: dict[str, NodeCert]  # good certificates, one per name in NAMES
+    nodes: dict[str, NodeCert]  # good certificates, one per name
     other_ca: NodeCert  # strategy_2's name, signed by a CA the nodes do not trust
     wrong_name: NodeCert  # signed by the good CA, but for strategy_9
 
@@ -90,12 +90,13 @@ def _make_node(directory: Path, stem: str, name: str, ca_stem: str) -> NodeCert:
     return NodeCert(directory / f"{stem}.pem", directory / f"{stem}.key", directory / "ca.pem")
 
 
-def make_certs(directory: Path) -> CertSet:
-    """Write the test CA and every certificate under ``directory`` (created if needed)."""
+def make_certs(directory: Path, names: tuple[str, ...] = NAMES) -> CertSet:
+    """Write the test CA and every certificate under ``directory`` (created if needed): one
+    good certificate per name in ``names``."""
     directory.mkdir(parents=True, exist_ok=True)
     ca = _make_ca(directory, "ca", "/CN=position-distributor test CA")
     _make_ca(directory, "other-ca", "/CN=some other CA")
-    nodes = {name: _make_node(directory, name, name, "ca") for name in NAMES}
+    nodes = {name: _make_node(directory, name, name, "ca") for name in names}
     other = _make_node(directory, "other-strategy_2", "strategy_2", "other-ca")
     wrong = _make_node(directory, "wrong-name", WRONG_NAME, "ca")
     return CertSet(ca, nodes, other, wrong)
