@@ -82,6 +82,7 @@ class ChaosNode:
         *,
         recovery_timeout: float,
         heartbeat: float,
+        args: tuple[str, ...] = (),
     ) -> None:
         self.name = name
         self.port = port
@@ -99,6 +100,7 @@ class ChaosNode:
             str(recovery_timeout),
             "--heartbeat",
             str(heartbeat),
+            *args,
         ]
         self.ledger = Ledger(name)
         self.lives = 0
@@ -309,6 +311,7 @@ class ChaosCluster:
         both_ways: bool = False,
         recovery_timeout: float = 10.0,
         heartbeat: float = 0.2,
+        args: tuple[str, ...] = (),
     ) -> None:
         # Notified by every node's reader threads; protects every node's output lists.
         self.cond = threading.Condition()
@@ -325,6 +328,7 @@ class ChaosCluster:
                 self.cond,
                 recovery_timeout=recovery_timeout,
                 heartbeat=heartbeat,
+                args=args,
             )
             for name in names
         }

@@ -16,7 +16,8 @@ from the peer that held it, which the node then rebases its trades on: rows of t
 wrong values that this ledger, which matches rows to trades by value, does not model. That
 case is pinned down deterministically in ``test_stateful_nodes.py``.) The seed and the
 schedule are printed; replay a failing run with ``CHAOS_SEED=<seed> pytest tests/test_chaos.py``
-(with the same ``CHAOS_DURATION`` and ``CHAOS_NODES``): the same random draws, though what
+(with the same ``CHAOS_DURATION``, ``CHAOS_NODES`` and ``CHAOS_NODE_ARGS``, options given
+to every node, e.g. ``--relay``): the same random draws, though what
 they meet (which node is settled, how far a trade got before a kill) depends on timing.
 """
 
@@ -311,17 +312,20 @@ class Chaos:
         return "\n".join(lines)
 
 
-def run_chaos(root: Path, seed: int, *, duration: float, nodes: int) -> Chaos:
+def run_chaos(
+    root: Path, seed: int, *, duration: float, nodes: int, args: tuple[str, ...] = ()
+) -> Chaos:
     """Run one chaos schedule to the end and check it; return it for the caller's report."""
     rng = random.Random(seed)
     both_ways = rng.random() < 0.5
-    cluster = ChaosCluster(root, nodes, both_ways=both_ways)
+    cluster = ChaosCluster(root, nodes, both_ways=both_ways, args=args)
     chaos = Chaos(cluster, rng.randrange(2**32))
     chaos.seed = seed
     try:
         chaos.note(
             f"CHAOS_SEED={seed}: {nodes} nodes, {duration:g}s,"
             f" {'every node dials every other' if both_ways else 'each node dials the earlier'}"
+            f" {' '.join(args)}"
         )
         chaos.run(duration)
         chaos.settle(timeout=60.0)
@@ -374,10 +378,11 @@ def test_chaos_converges_to_the_acknowledged_trades(
     seed = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(2**32))
     duration = float(os.environ.get("CHAOS_DURATION", "35"))
     nodes = int(os.environ.get("CHAOS_NODES", "4"))
+    args = tuple(os.environ.get("CHAOS_NODE_ARGS", "").split())  # e.g. "--relay"
     with capsys.disabled():  # the seed shows in every run's output, passed or failed
         print(f" CHAOS_SEED={seed} ", end="", flush=True)
     print(f"CHAOS_SEED={seed}", flush=True)  # and in the captured schedule of a failure
-    chaos = run_chaos(tmp_path, seed, duration=duration, nodes=nodes)
+    chaos = run_chaos(tmp_path, seed, duration=duration, nodes=nodes, args=args)
     assert chaos.counts.get("trades typed", 0) > 0
     assert any(k.startswith("kill") for k in chaos.counts)
 
