@@ -204,25 +204,35 @@ class Store:
         self._db.execute("UPDATE meta SET value = 1 WHERE key = 'recovered'")
 
     def load(self) -> tuple[list[Position], int]:
-        """Every stored position and the stored clock."""
+        """Every stored position, and the clock: the greatest timestamp this node issued or
+        learnt of its own, from what is stored (own positions, journal, bases) or the clock
+        last committed explicitly."""
         positions = [
             Position(*row)
             for row in self._db.execute(
                 "SELECT strategy, symbol, net_position, timestamp FROM positions"
             )
         ]
-        (clock,) = self._db.execute("SELECT value FROM meta WHERE key = 'clock'").fetchone()
+        (clock,) = self._db.execute(
+            "SELECT max("
+            " (SELECT value FROM meta WHERE key = 'clock'),"
+            " coalesce((SELECT max(timestamp) FROM positions WHERE strategy = ?), 0),"
+            " coalesce((SELECT max(timestamp) FROM journal), 0),"
+            " coalesce((SELECT max(timestamp) FROM bases), 0))",
+            (self.name,),
+        ).fetchone()
         return positions, int(clock)
 
     def commit(
         self,
         positions: Iterable[Position],
-        clock: int,
+        clock: int | None,
         journal: Iterable[tuple[int, str, float, float, int, str]] = (),
         bases: Iterable[Position] = (),
     ) -> None:
-        """Store positions (replacing older entries), the clock, journal entries and bases at
-        once."""
+        """Store positions (replacing older entries), journal entries, bases and the clock in
+        one transaction. ``clock`` may be None when what is stored implies it (``load`` takes
+        the greatest own timestamp stored): the engine's case, one statement less a commit."""
         db = self._db
         db.execute("BEGIN")
         try:
@@ -234,7 +244,8 @@ class Store:
                     " VALUES (?, ?, ?)",
                     [(p.symbol, p.net_position, p.timestamp) for p in bases],
                 )
-            db.execute("UPDATE meta SET value = ? WHERE key = 'clock'", (clock,))
+            if clock is not None:
+                db.execute("UPDATE meta SET value = ? WHERE key = 'clock'", (clock,))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
