@@ -14,7 +14,10 @@ certificates naming each strategy), ``both`` (TLS and a secret).
    node's first position. Timed from before the TCP connect to Ready (the handshake
    complete, as the client sees it) and to the first position received. The modes are
    interleaved connection by connection, so each sees the same machine load.
-2. **W1 and W3 with security**: the workloads exactly as ``make bench`` runs them
+2. **The transport alone**: a sync of 100,000 positions (about 5 MB) through the node's own
+   ``Transport`` and ``TlsTransport`` over a socket pair, received and cut into frames: MB/s,
+   CPU per position (both ends, one process) and how many chunks ``recv`` returned.
+3. **W1 and W3 with security**: the workloads exactly as ``make bench`` runs them
    (``workloads.WORKLOADS``), each node started with the mode's options; modes interleaved
    run by run. W1 (20,000 trades typed into one node) sends few frames since the sender
    coalesces a burst to the last position of each symbol; W3 (a join: 100,000 positions
@@ -31,6 +34,7 @@ import argparse
 import contextlib
 import datetime as dt
 import json
+import random
 import shutil
 import socket
 import ssl
@@ -115,8 +119,8 @@ def _handshake_once(port: int, mode: str, creds: Credentials) -> tuple[float, fl
 
 
 @contextlib.contextmanager
-def _servers(modes: list[str], creds: Credentials) -> Iterator[dict[str, int]]:
-    """One in-process node per mode, each holding one position; their ports."""
+def _servers(modes: list[str], creds: Credentials) -> Iterator[dict[str, Any]]:
+    """One in-process node per mode, each holding one position."""
     from loguru import logger
 
     from position_distributor.node import Config, Node
@@ -125,7 +129,7 @@ def _servers(modes: list[str], creds: Credentials) -> Iterator[dict[str, int]]:
     logger.add(sys.stderr, level="ERROR")
     nodes = []
     try:
-        ports = {}
+        servers = {}
         for mode in modes:
             secret = creds.secret if mode in ("secret", "both") else None
             files = creds.certs.nodes["strategy_1"] if mode in ("tls", "both") else None
@@ -141,23 +145,38 @@ def _servers(modes: list[str], creds: Credentials) -> Iterator[dict[str, int]]:
             node = Node(config).start()
             nodes.append(node)
             node.trade("AAPL", 100).result(10)
-            ports[mode] = node.port
-        yield ports
+            servers[mode] = node
+        yield servers
     finally:
         for node in nodes:
             node.stop()
 
 
+def _settled(node: Any) -> None:
+    """Wait until ``node`` has finished with every connection (its threads are done with the
+    last one), so that a measurement never pays for the teardown of the one before."""
+    deadline = time.monotonic() + 10
+    while node._peer._all:  # the open connections (private: a benchmark's view)
+        if time.monotonic() > deadline:
+            raise RuntimeError("a closed connection was not torn down within 10 s")
+        time.sleep(0.001)
+
+
 def measure_handshakes(modes: list[str], connections: int, creds: Credentials) -> dict[str, Any]:
     samples: dict[str, dict[str, list[float]]] = {m: {"ready": [], "first": []} for m in modes}
-    with _servers(modes, creds) as ports:
+    order = list(modes)
+    rng = random.Random(0)
+    with _servers(modes, creds) as servers:
         for mode in modes:  # a warm-up connection each (imports, first TLS context)
-            _handshake_once(ports[mode], mode, creds)
+            _handshake_once(servers[mode].port, mode, creds)
+            _settled(servers[mode])
         for _ in range(connections):
-            for mode in modes:
-                ready, first = _handshake_once(ports[mode], mode, creds)
+            rng.shuffle(order)  # no mode always follows the same one
+            for mode in order:
+                ready, first = _handshake_once(servers[mode].port, mode, creds)
                 samples[mode]["ready"].append(ready)
                 samples[mode]["first"].append(first)
+                _settled(servers[mode])
     out: dict[str, Any] = {}
     for mode in modes:
         ready, first = samples[mode]["ready"], samples[mode]["first"]
@@ -170,7 +189,83 @@ def measure_handshakes(modes: list[str], connections: int, creds: Credentials) -
     return out
 
 
-# 2. Workloads with each mode.
+# 2. The bytes of a sync through the transport alone.
+
+
+def _transports(tls: bool, creds: Credentials) -> tuple[Any, Any, socket.socket, socket.socket]:
+    """Two connected transports (the node's own classes) over a socket pair."""
+    import threading
+
+    from position_distributor.transport import TlsTransport, Transport, make_tls_contexts
+
+    a, b = socket.socketpair()
+    if not tls:
+        return Transport(a), Transport(b), a, b
+    one, two = creds.certs.nodes["strategy_1"], creds.certs.nodes["strategy_2"]
+    server, _ = make_tls_contexts(one.cert, one.key, one.ca)
+    _, client = make_tls_contexts(two.cert, two.key, two.ca)
+    ta = TlsTransport(a, client, server_side=False, wake_writer=lambda: None)
+    tb = TlsTransport(b, server, server_side=True, wake_writer=lambda: None)
+    deadline = time.monotonic() + 10
+    other = threading.Thread(target=tb.handshake, args=(deadline,))
+    other.start()
+    ta.handshake(deadline)
+    other.join()
+    a.settimeout(None)
+    b.settimeout(None)
+    return ta, tb, a, b
+
+
+def _bulk_once(tls: bool, creds: Credentials, positions: int) -> dict[str, float]:
+    """Send a sync of ``positions`` frames through a transport pair; wall and CPU time to
+    receive and cut them into frames, and how many chunks ``recv`` returned."""
+    import threading
+
+    from position_distributor.types import Position
+    from position_distributor.wire import Decoder, encode_positions
+
+    ts = time.time_ns()
+    data = encode_positions(
+        Position("strategy_1", f"S{i:06d}", float(i), ts + i) for i in range(positions)
+    )
+    sender, receiver, a, b = _transports(tls, creds)
+    slice_ = 1 << 20  # as the node's writer: at most 1 MiB per sendall
+
+    def send() -> None:
+        for start in range(0, len(data), slice_):
+            sender.sendall(data[start : start + slice_])
+
+    decoder = Decoder()
+    frames = chunks = 0
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    writer = threading.Thread(target=send)
+    writer.start()
+    while frames < positions:
+        chunk = receiver.recv()
+        chunks += 1
+        frames += len(decoder.feed(chunk))
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    writer.join()
+    a.close()
+    b.close()
+    return {
+        "mb_per_s": len(data) / elapsed / 1e6,
+        "us_per_position_cpu": cpu / positions * 1e6,
+        "chunks": chunks,
+        "bytes": len(data),
+    }
+
+
+def measure_bulk(creds: Credentials, positions: int, repeats: int) -> dict[str, Any]:
+    """Plain and TLS transports, interleaved ``repeats`` times; medians."""
+    runs: dict[str, list[dict[str, float]]] = {"plain": [], "tls": []}
+    for _ in range(repeats):
+        runs["plain"].append(_bulk_once(False, creds, positions))
+        runs["tls"].append(_bulk_once(True, creds, positions))
+    return {kind: report.summarize(r) for kind, r in runs.items()}
+
+
+# 3. Workloads with each mode.
 
 
 def _cluster_with(mode: str, creds: Credentials) -> type[_Cluster]:
@@ -251,6 +346,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--runs", type=int, default=3, help="runs of each workload per mode")
     parser.add_argument("--quick", action="store_true", help="the workloads' quick settings")
+    parser.add_argument(
+        "--positions", type=int, default=100_000, help="positions in the transport measurement"
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="transport measurements")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -279,6 +378,16 @@ def main(argv: list[str] | None = None) -> int:
                 f" (p90 {h['first_position_p90_ms']:.2f} ms)",
                 flush=True,
             )
+        print(f"transport: a sync of {args.positions:,} positions, plain and TLS", flush=True)
+        results["bulk"] = measure_bulk(creds, args.positions, args.repeats)
+        for kind, summary in results["bulk"].items():
+            print(
+                f"  {kind:6} {summary['mb_per_s']['median']:.0f} MB/s,"
+                f" {summary['us_per_position_cpu']['median']:.2f} µs CPU per position,"
+                f" {summary['chunks']['median']:.0f} chunks for"
+                f" {summary['bytes']['median'] / 1e6:.1f} MB",
+                flush=True,
+            )
         for key in keys:
             print(f"{key}: {args.runs} run(s) per mode", flush=True)
             results[key] = measure_workload(key, modes, args.runs, creds, args.quick)
@@ -303,6 +412,18 @@ def table(results: dict[str, Any]) -> str:
             f"| {mode} | {h['ready_median_ms']:.2f} ms | {h['first_position_median_ms']:.2f} ms"
             f" | {h['first_position_p90_ms']:.2f} ms |"
         )
+    if "bulk" in results:
+        lines += [
+            "",
+            "| transport | MB/s | CPU µs per position (both ends) | recv chunks |",
+            "|---|---|---|---|",
+        ]
+        for kind, summary in results["bulk"].items():
+            lines.append(
+                f"| {kind} | {summary['mb_per_s']['median']:.0f}"
+                f" | {summary['us_per_position_cpu']['median']:.2f}"
+                f" | {summary['chunks']['median']:.0f} |"
+            )
     for key, metrics in SHOWN.items():
         if key not in results:
             continue
