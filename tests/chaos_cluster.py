@@ -309,6 +309,7 @@ class ChaosCluster:
         n: int,
         *,
         both_ways: bool = False,
+        ring: bool = False,
         recovery_timeout: float = 10.0,
         heartbeat: float = 0.2,
         args: tuple[str, ...] = (),
@@ -318,7 +319,7 @@ class ChaosCluster:
         self.record: dict[tuple[str, str, int], float] = {}
         names = [f"chaos_{i}" for i in range(1, n + 1)]
         ports = restartable_ports(names)
-        self.mesh = ProxyMesh.full(ports, both_ways=both_ways)
+        self.mesh = ProxyMesh.ring(ports) if ring else ProxyMesh.full(ports, both_ways=both_ways)
         self.nodes = {
             name: ChaosNode(
                 name,

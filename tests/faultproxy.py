@@ -638,6 +638,12 @@ class ProxyMesh:
         ]
         return cls(ports, links)
 
+    @classmethod
+    def ring(cls, ports: Mapping[str, int]) -> ProxyMesh:
+        """A ring (a partial mesh: needs relaying): each node dials the next one."""
+        names = list(ports)
+        return cls(ports, [(a, names[(i + 1) % len(names)]) for i, a in enumerate(names)])
+
     def peers_of(self, name: str) -> list[int]:
         """The proxy ports node ``name`` dials, one per node it is configured to reach."""
         return [proxy.port for (a, _b), proxy in self.proxies.items() if a == name]

@@ -16,8 +16,9 @@ from the peer that held it, which the node then rebases its trades on: rows of t
 wrong values that this ledger, which matches rows to trades by value, does not model. That
 case is pinned down deterministically in ``test_stateful_nodes.py``.) The seed and the
 schedule are printed; replay a failing run with ``CHAOS_SEED=<seed> pytest tests/test_chaos.py``
-(with the same ``CHAOS_DURATION``, ``CHAOS_NODES`` and ``CHAOS_NODE_ARGS``, options given
-to every node, e.g. ``--relay``): the same random draws, though what
+(with the same ``CHAOS_DURATION``, ``CHAOS_NODES``, ``CHAOS_NODE_ARGS``, options given to
+every node, e.g. ``--relay``, and ``CHAOS_TOPOLOGY=ring``, a partial mesh for ``--relay``):
+the same random draws, though what
 they meet (which node is settled, how far a trade got before a kill) depends on timing.
 """
 
@@ -318,15 +319,17 @@ def run_chaos(
     """Run one chaos schedule to the end and check it; return it for the caller's report."""
     rng = random.Random(seed)
     both_ways = rng.random() < 0.5
-    cluster = ChaosCluster(root, nodes, both_ways=both_ways, args=args)
+    ring = os.environ.get("CHAOS_TOPOLOGY") == "ring"  # a partial mesh: with --relay only
+    cluster = ChaosCluster(root, nodes, both_ways=both_ways, ring=ring, args=args)
     chaos = Chaos(cluster, rng.randrange(2**32))
     chaos.seed = seed
     try:
-        chaos.note(
-            f"CHAOS_SEED={seed}: {nodes} nodes, {duration:g}s,"
-            f" {'every node dials every other' if both_ways else 'each node dials the earlier'}"
-            f" {' '.join(args)}"
-        )
+        shape = "each node dials the earlier"
+        if ring:
+            shape = "a ring"
+        elif both_ways:
+            shape = "every node dials every other"
+        chaos.note(f"CHAOS_SEED={seed}: {nodes} nodes, {duration:g}s, {shape} {' '.join(args)}")
         chaos.run(duration)
         chaos.settle(timeout=60.0)
         start = time.monotonic()
