@@ -179,12 +179,12 @@ def measure_handshakes(modes: list[str], connections: int, creds: Credentials) -
                 _settled(servers[mode])
     out: dict[str, Any] = {}
     for mode in modes:
-        ready, first = samples[mode]["ready"], samples[mode]["first"]
+        to_ready, to_first = samples[mode]["ready"], samples[mode]["first"]
         out[mode] = {
-            "ready_median_ms": statistics.median(ready) * 1e3,
-            "first_position_median_ms": statistics.median(first) * 1e3,
-            "first_position_p90_ms": workloads._percentile(first, 90) * 1e3,
-            "connections": len(first),
+            "ready_median_ms": statistics.median(to_ready) * 1e3,
+            "first_position_median_ms": statistics.median(to_first) * 1e3,
+            "first_position_p90_ms": workloads._percentile(to_first, 90) * 1e3,
+            "connections": len(to_first),
         }
     return out
 
@@ -282,12 +282,12 @@ def _cluster_with(mode: str, creds: Credentials) -> type[_Cluster]:
 @contextlib.contextmanager
 def _patched_cluster(cls: type[_Cluster]) -> Iterator[None]:
     """Run a workload of ``workloads`` with ``cls`` as its Cluster (this module only)."""
-    saved = workloads.Cluster
-    workloads.Cluster = cls  # type: ignore[misc]
+    saved = workloads.Cluster  # type: ignore[attr-defined]
+    workloads.Cluster = cls  # type: ignore[attr-defined]
     try:
         yield
     finally:
-        workloads.Cluster = saved  # type: ignore[misc]
+        workloads.Cluster = saved  # type: ignore[attr-defined]
 
 
 SHOWN = {

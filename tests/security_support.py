@@ -59,7 +59,7 @@ def start_node(
         **changes,
     )
     rows = Rows()
-    node = Node(config, out=rows)
+    node = Node(config, out=rows)  # type: ignore[arg-type]  # a text stream, as in inproc.py
     nodes.started.append(node)
     node.start()
     return node, rows

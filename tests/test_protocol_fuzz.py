@@ -9,6 +9,7 @@ position before the handshake is complete, which with a secret means after a val
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hypothesis import event, given
@@ -24,6 +25,7 @@ from position_distributor.wire import (
     Heartbeat,
     Hello,
     MalformedMessage,
+    Message,
     SyncDone,
     WireError,
     encode,
@@ -139,7 +141,7 @@ class Session:
                     secret, prover=prover, verifier=verifier, prover_nonce=pn, verifier_nonce=vn
                 )
 
-            proofs = {
+            proofs: dict[str, Callable[[], bytes]] = {
                 "auth_valid": lambda: proof(SECRET, PEER, OWN, nonce, ours),
                 "auth_new_secret": lambda: proof(NEW_SECRET, PEER, OWN, nonce, ours),
                 "auth_wrong_secret": lambda: proof(WRONG, PEER, OWN, nonce, ours),
@@ -149,15 +151,15 @@ class Session:
                 "auth_empty": lambda: b"",
             }
             return encode(Auth(proofs[kind]()))
-        other = {
+        others: dict[str, Message] = {
             "own_position": Position(OWN, "AAPL", 1.5, 10),
             "peer_position": Position(PEER, "MSFT", -2.0, 11),
             "third_position": Position(THIRD, "IBM", 3.0, 12),
             "bad_position": Position(PEER, "bad symbol", 3.0, 12),
             "sync_done": SyncDone(1),
             "heartbeat": Heartbeat(),
-        }[kind]
-        return encode(other)
+        }
+        return encode(others[kind])
 
 
 def model(kinds: list[str], secrets: list[bytes] | None) -> tuple[list[str], bool]:
@@ -345,7 +347,7 @@ class Side:
             self.events.append(received)
             if isinstance(received, Ready):
                 # As the engine does once the peer is proven: the sync, then SyncDone.
-                sync = [*self.positions, SyncDone(len(self.positions))]
+                sync: list[Message] = [*self.positions, SyncDone(len(self.positions))]
                 self.outgoing += b"".join(map(encode, sync))
 
 

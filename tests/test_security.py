@@ -19,7 +19,7 @@ from position_distributor.engine import TradeError
 from position_distributor.node import Node
 from position_distributor.peer import Limits
 from position_distributor.types import Position
-from position_distributor.wire import Auth, Heartbeat, Hello, SyncDone, encode, frame
+from position_distributor.wire import Auth, Heartbeat, Hello, Message, SyncDone, encode, frame
 
 from .certs import CertSet, NodeCert, session_certs
 from .inproc import FAST_LIMITS, Nodes, Rows
@@ -138,7 +138,7 @@ def member_refusal(logs: LogCapture, tap: Tap, *, outsider_dials: bool, reason: 
     """The member's log line about the refused connection; it names the address and reason."""
     if outsider_dials:
         # "connection from WHO at 127.0.0.1:PORT refused: REASON" (PORT: the relay's side)
-        marks = ("connection from ", " at 127.0.0.1:", " refused: ", reason)
+        marks: tuple[str, ...] = ("connection from ", " at 127.0.0.1:", " refused: ", reason)
     else:
         # "127.0.0.1:PORT refused the connection: REASON; will keep trying"
         marks = (f"127.0.0.1:{tap.port} refused the connection: ", reason)
@@ -509,7 +509,8 @@ def test_the_symbol_cap_holds_for_echoed_own_positions(
         raw.pump(lambda r: any(isinstance(m, SyncDone) for m in decode(bytes(r.raw))))
         echo = [Position(A, f"E{i}", 1.0, 1_000 + i) for i in range(6)]
         marker = Position(B, "MARK", 1.0, 1)
-        raw.send(b"".join(map(encode, [*echo, SyncDone(len(echo)), marker])))
+        frames: list[Message] = [*echo, SyncDone(len(echo)), marker]
+        raw.send(b"".join(map(encode, frames)))
         a_rows.wait_for_row(marker)  # applied after the echo (one queue, in order)
     finally:
         raw.close()
