@@ -272,6 +272,18 @@ class Impostor:
                 if out := self.protocol.data_to_send():
                     self.send(out)
 
+    def within(self, until: Callable[[Impostor], object], timeout: float) -> bool:
+        """Whether ``until(self)`` comes to hold within ``timeout`` (no failure if not)."""
+        try:
+            self.pump(until, timeout)
+        except AssertionError:
+            return False
+        return bool(until(self))
+
+    def messages(self) -> list[Message]:
+        """Every message received so far (decoded apart from our protocol)."""
+        return decode(bytes(self.raw))
+
     def until_eof(self, timeout: float = 10.0) -> bytes:
         """Read until the other side closes; every byte received."""
         self.pump(lambda _: False, timeout)
