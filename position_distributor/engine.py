@@ -10,11 +10,9 @@ were applied, and nothing calls out while holding the book lock.
 
 from __future__ import annotations
 
-import contextlib
-import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import IO, Any, Final, NamedTuple
 
@@ -22,6 +20,7 @@ from loguru import logger
 
 from .book import Book
 from .clock import Clock
+from .consumer import Consumer
 from .dispatcher import Event, EventDispatcher
 from .peer import Connection, Peer
 from .store import JournalEntry, SnapshotInfo, Store
@@ -30,7 +29,6 @@ from .wire import SyncDone, encode, encode_position
 
 __all__ = ["DEFAULT_MAX_SYMBOLS", "Engine", "Output", "Subscriber", "TradeError"]
 
-_STOP: Final = None  # consumer sentinel, read from the consumer's own queue
 DEFAULT_MAX_SYMBOLS: Final = 200_000  # per strategy: bounds what a peer can make us hold
 _MAX_BATCH: Final = 8192  # trades or messages per batch: bounds a transaction and a write
 
@@ -119,13 +117,24 @@ class Engine:
         self._subscribers: tuple[Subscriber, ...] = ()
         # Lists of trades (a console burst, or one API trade); bounded, so typing faster
         # than trades apply blocks the console (backpressure) instead of growing memory.
-        self._trades: queue.Queue[list[_Trade] | None] = queue.Queue(max_queue)
-        self._positions: queue.Queue[tuple[Connection, list[Any]] | None] = queue.Queue(64)
-        self._threads: list[threading.Thread] = []
-        # Mutex making "not stopping, so queue the trade" one step against stop_trades().
-        self._submit_lock = threading.Lock()
-        self._stopping = False  # trades: apply what is queued, then end
-        self._closing = False  # positions: drop what arrives from now on
+        self._trades: Consumer[list[_Trade]] = Consumer(
+            "consume-trades",
+            self._apply_trades,
+            size=len,
+            maxsize=max_queue,
+            max_batch=_MAX_BATCH,
+            on_error=self._fail,
+        )
+        # One item per read of a peer's socket: 64 reads of up to 256 KiB in waiting at most.
+        self._positions: Consumer[tuple[Connection, list[Any]]] = Consumer(
+            "consume-positions",
+            self._apply_positions,
+            size=_message_count,
+            maxsize=64,
+            max_batch=_MAX_BATCH,
+            on_error=self._fail,
+        )
+        self._stopping = False  # the trade consumer is to apply what is queued, then end
         # Recovery window (a store that has never had its own positions back).
         self.recovering = store.needs_recovery
         self._recovery_timeout = recovery_timeout
@@ -142,46 +151,30 @@ class Engine:
     # Lifecycle.
 
     def start(self) -> None:
-        """Start the two consumer threads."""
-        for target, name in (
-            (self._consume_trades, "consume-trades"),
-            (self._consume_positions, "consume-positions"),
-        ):
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        """Start the two consumer threads (the trade consumer first waits for recovery)."""
+        self._trades.start(before=self._await_recovery if self.recovering else None)
+        self._positions.start()
 
     def _fail(self, what: str) -> None:
-        """A consumer died (a bug): a node that cannot apply changes must not pretend to run."""
-        logger.opt(exception=True).critical("{} failed: the node stops", what)
+        """A consumer failed (a bug): a node that cannot apply changes must not pretend to run."""
         if self._on_fatal is not None:
             self._on_fatal(f"{what} failed")
 
     def stop_trades(self) -> None:
-        """Apply the trades already queued, then stop the trade consumer.
+        """Apply the trades already queued, then stop the trade consumer; refuse new trades.
 
         While recovering, queued trades are applied once recovery ends (at most the
         recovery timeout); with none queued the consumer stops at once.
         """
-        with self._submit_lock, self._synced_cond:
+        with self._synced_cond:
             self._stopping = True
             self._synced_cond.notify_all()
-        self._trades.put(_STOP)
-        self._threads[0].join()
+        self._trades.close()
 
     def stop(self) -> None:
         """Stop both consumers (after applying what is queued). Idempotent."""
-        if not self._threads:
-            return
-        if self._threads[0].is_alive():
-            self.stop_trades()
-        self._closing = True
-        self._positions.put(_STOP)
-        self._threads[1].join()
-        # A reader blocked on a full queue is released by emptying it; it sees _closing next.
-        with contextlib.suppress(queue.Empty):
-            while True:
-                self._positions.get_nowait()
+        self.stop_trades()
+        self._positions.close()
         with self._publish_lock:
             subscribers, self._subscribers = self._subscribers, ()
         for subscriber in subscribers:
@@ -194,20 +187,12 @@ class Engine:
 
         Blocks while the trade queue is full (backpressure).
         """
-        with self._submit_lock:
-            if self._stopping:
-                return False
-            self._trades.put([_Trade(symbol, quantity, future)])
-            return True
+        return self._trades.put([_Trade(symbol, quantity, future)])
 
     def submit_many(self, trades: list[tuple[str, float, None]]) -> bool:
         """Queue validated ``(symbol, quantity, None)`` trades at once (the console's burst
         path, which builds them so); False if stopping."""
-        with self._submit_lock:
-            if self._stopping:
-                return False
-            self._trades.put(trades)  # type: ignore[arg-type]  # the same shape as _Trade
-            return True
+        return self._trades.put(trades)  # type: ignore[arg-type]  # the same shape as _Trade
 
     def barrier(self) -> Future[None]:
         """A future done once every trade submitted before it is applied and published."""
@@ -279,48 +264,9 @@ class Engine:
             self._synced_cond.notify_all()  # the recovery wait re-checks its configured peers
 
     def _on_message(self, conn: Connection, messages: list[Any]) -> None:
-        if not self._closing:
-            self._positions.put((conn, messages))
+        self._positions.put((conn, messages))  # dropped once the node is stopping
 
     # Consumer threads.
-
-    def _consume_trades(self) -> None:
-        """Trade consumer: hold trades while recovering, then apply them in batches."""
-        try:
-            if self.recovering and not self._await_recovery():
-                return  # stopping, and not a trade was waiting
-            for batch in self._batches(self._trades, len):
-                self._apply_trades(batch)
-        except Exception:  # a safety net: this branch should never run
-            self._fail("the trade consumer")
-
-    def _consume_positions(self) -> None:
-        """Position consumer: apply peers' positions in batches; count completed syncs."""
-        try:
-            for batch in self._batches(self._positions, _message_count):
-                self._apply_positions(batch)
-        except Exception:  # a safety net: this branch should never run
-            self._fail("the position consumer")
-
-    def _batches(self, q: queue.Queue[Any], size: Callable[[Any], int]) -> Iterable[list[Any]]:
-        """Block for one item, then take whatever else is queued, up to ``_MAX_BATCH`` trades
-        or messages (``size`` of each item) per batch; end at the sentinel."""
-        get, get_nowait = q.get, q.get_nowait
-        while True:
-            item = get()
-            if item is _STOP:
-                return
-            batch = [item]
-            total = size(item)
-            with contextlib.suppress(queue.Empty):
-                while total < _MAX_BATCH:
-                    item = get_nowait()
-                    if item is _STOP:
-                        yield batch
-                        return
-                    batch.append(item)
-                    total += size(item)
-            yield batch
 
     def _apply_trades(self, batches: list[list[_Trade]]) -> None:
         """Apply a batch of own trades: one transaction, one broadcast, one write of rows.
@@ -510,6 +456,8 @@ class Engine:
             symbol, echo.timestamp
         ):
             return None
+        if self._book.count(self.name) >= self._max_symbols and self._over_cap(echo):
+            return None
         self._bases[symbol] = echo.timestamp
         bases.append(echo)
         quantities = self._store.quantities(symbol)
@@ -624,7 +572,7 @@ class Engine:
         deadline = time.monotonic() + self._recovery_timeout
         with self._synced_cond:
             while True:
-                if self._stopping and self._trades.qsize() <= 1:  # only the stop sentinel
+                if self._stopping and not self._trades.pending:
                     break
                 now = time.monotonic()
                 if expected and self._configured_synced():
@@ -636,7 +584,7 @@ class Engine:
                     break
                 self._synced_cond.wait(wait)
             synced = sorted(self._synced)
-            if self._stopping and self._trades.qsize() <= 1:
+            if self._stopping and not self._trades.pending:
                 return False
         with self._book_lock:
             own = self._book.count(self.name)

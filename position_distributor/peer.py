@@ -99,6 +99,7 @@ class Connection:
             relay=peer.relay,
             heartbeat_ms=round(peer.limits.heartbeat_interval * 1000),
             secrets=peer.secrets,
+            dialler=connector is not None,
         )
         self.ready = False  # handshake complete and registered as the live connection
         self.last_heard = time.monotonic()
@@ -133,6 +134,7 @@ class Connection:
         # when neither, send() writes directly (one thread hand-off less per message).
         self._items = 0
         self._writing = False
+        self._spoke = False  # our Hello is out: heartbeats may follow it
         self._closed_reason: str | None = None
         self._writer = threading.Thread(
             target=self._send_frames, name=f"send-{self.label}", daemon=True
@@ -251,12 +253,22 @@ class Connection:
                     protocol.certified_names = self._transport.handshake(hello_deadline)
                 except ssl.SSLError as exc:
                     reason = f"TLS handshake failed: {exc.reason or exc}"
+                    if exc.reason in (
+                        "WRONG_VERSION_NUMBER",
+                        "HTTP_REQUEST",
+                        "RECORD_LAYER_FAILURE",
+                    ):
+                        reason += (
+                            " (the peer does not speak TLS: is it started without --tls-cert?)"
+                        )
                     return reason
                 except TimeoutError:
                     reason = f"no TLS handshake within {limits.hello_timeout:g}s"
                     return reason
             self._writer.start()
-            self.send(protocol.hello(), bounded=False)
+            if hello := protocol.initiate():
+                self.send(hello, bounded=False)
+                self._spoke = True
             receive_data = protocol.receive_data
             data_to_send = protocol.data_to_send
             recv = self._transport.recv
@@ -298,7 +310,9 @@ class Connection:
                 messages = []
                 events = receive_data(data)
                 if not self.ready and (out := data_to_send()):
-                    self.send(out, bounded=False)  # the Auth proof, before anything after it
+                    # Our Hello (if we accepted) and Auth proof, before anything after them.
+                    self.send(out, bounded=False)
+                    self._spoke = True
                 for event in events:
                     if type(event) is Ready:
                         connector = self.connector
@@ -327,8 +341,10 @@ class Connection:
                     fire(Event.MESSAGE, self, messages)
         except RemoteProtocolError as exc:
             reason = f"protocol error: {exc}"
-            # What we queued (our Hello, our Auth proof) still goes out, so the peer can tell
-            # for itself what went wrong; nothing else is said to it.
+            # What we have to say (our Hello, our Auth proof) still goes out, so the peer can
+            # tell for itself what went wrong; nothing else is said to it.
+            if out := protocol.data_to_send():
+                self.send(out, bounded=False)
             self.close(reason, flush=True)
         except OSError as exc:
             reason = _describe(exc)
@@ -384,7 +400,7 @@ class Connection:
                     item = get(timeout=interval)
                 except queue.Empty:
                     with self._lock:
-                        if self._items:  # queued just now: take it next time round
+                        if self._items or not self._spoke:  # queued just now, or no Hello yet
                             continue
                         self._writing = True
                     sendall(_HEARTBEAT)

@@ -1,10 +1,10 @@
 """The connection protocol as a pure state machine: what each side may send, and when.
 
 Sans-I/O, in the manner of h11 and websockets: the reader feeds received bytes to
-``receive_data`` and gets back the events to act on; the frames to send are ``hello()`` first,
-then whatever ``data_to_send()`` returns after each ``receive_data``. Every rule about who may
-send what in which state lives in ``_RULES``; anything not listed there is the peer's fault
-and raises ``RemoteProtocolError``.
+``receive_data`` and gets back the events to act on; the frames to send are ``initiate()``
+first, then whatever ``data_to_send()`` returns after each ``receive_data``. Every rule about
+who may send what in which state lives in ``_RULES``; anything not listed there is the peer's
+fault and raises ``RemoteProtocolError``.
 
 States of one connection, as seen by this side::
 
@@ -13,9 +13,12 @@ States of one connection, as seen by this side::
       +--Hello--> AUTH +--Auth (valid proof)     (with a cluster secret)
       (any error, in any state) --> CLOSED
 
-With a cluster secret, both Hellos carry a fresh nonce, each side then sends an ``Auth``
-proof (see ``auth.py``), and the connection is Ready only once the peer's proof verifies:
-not one position is sent or accepted before that.
+The side that dialled speaks first; the side that accepted sends its Hello only once it has
+the dialler's. With a cluster secret, both Hellos carry a fresh nonce, each side then sends
+an ``Auth`` proof (see ``auth.py``), and the connection is Ready only once the peer's proof
+verifies: not one position is sent or accepted before that. Speaking in turn is what defeats
+a relay: an outsider that dials two nodes must commit to a nonce on each connection before it
+learns the nonce it would need there, so it cannot make one node's proof valid for the other.
 
 In SYNC the peer sends its own positions, then the positions it holds of our strategy (the
 echo, so that a node that lost its store gets its positions back), then SyncDone. In LIVE it
@@ -97,8 +100,10 @@ class Protocol:
         relay: bool = False,
         heartbeat_ms: int = 0,
         secrets: list[bytes] | None = None,
+        dialler: bool = True,
     ) -> None:
         self.own = own
+        self.dialler = dialler
         self.listen_port = listen_port
         self.relay = relay
         self.heartbeat_ms = heartbeat_ms
@@ -133,6 +138,11 @@ class Protocol:
             )
         )
 
+    def initiate(self) -> bytes:
+        """What this side sends as the connection opens: its Hello if it dialled, else
+        nothing (it answers the dialler's Hello)."""
+        return self.hello() if self.dialler else b""
+
     def data_to_send(self) -> bytes:
         """Frames this side must send now (the Auth proof), emptied by the call."""
         data = b"".join(self._outgoing)
@@ -147,6 +157,11 @@ class Protocol:
         """
         if self.state is State.CLOSED:
             raise LocalProtocolError("receive_data() after the connection failed")
+        if self.state is State.HELLO and data[:2] == b"\x16\x03" and not self._decoder.buffered:
+            self.state = State.CLOSED
+            raise RemoteProtocolError(
+                "the peer speaks TLS and this node does not: give both the same --tls-* options"
+            )
         try:
             payloads = self._decoder.feed(data)
             events: list[Event] = []
@@ -176,6 +191,10 @@ class Protocol:
 
     def _on_hello(self, hello: Message) -> Event | None:
         assert isinstance(hello, Hello)
+        if not self.dialler:
+            # Our answer, queued before any check: the dialler has committed its nonce, and a
+            # peer we refuse can then tell for itself why (our Hello says what we require).
+            self._outgoing.append(self.hello())
         if hello.protocol_version != PROTOCOL_VERSION:
             raise RemoteProtocolError(
                 f"peer speaks protocol version {hello.protocol_version},"

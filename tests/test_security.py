@@ -134,19 +134,29 @@ def refused_through(
     return a, m, tap
 
 
-def member_refusal(logs: LogCapture, tap: Tap, *, outsider_dials: bool, reason: str) -> str:
-    """The member's log line about the refused connection; it names the address and reason."""
-    if outsider_dials:
+def refusal_logged(
+    logs: LogCapture, tap: Tap, *, outsider_dials: bool, reasons: tuple[str, ...]
+) -> None:
+    """The member logs the refused connection with its address, and the side that found the
+    fault (which one depends on who speaks first and on the direction) logs one of
+    ``reasons`` (the other side may only see the connection closed)."""
+    # The dialler's connector: "127.0.0.1:TAP refused the connection: REASON; will keep trying".
+    dialler = f"127.0.0.1:{tap.port} refused the connection: "
+
+    def acceptor(line: str) -> bool:
         # "connection from WHO at 127.0.0.1:PORT refused: REASON" (PORT: the relay's side)
-        marks: tuple[str, ...] = ("connection from ", " at 127.0.0.1:", " refused: ", reason)
-    else:
-        # "127.0.0.1:PORT refused the connection: REASON; will keep trying"
-        marks = (f"127.0.0.1:{tap.port} refused the connection: ", reason)
+        return "connection from " in line and " at 127.0.0.1:" in line and " refused: " in line
 
-    def found(lines: list[str]) -> str | None:
-        return next((line for line in lines if all(mark in line for mark in marks)), None)
+    def member_line(line: str) -> bool:
+        return acceptor(line) if outsider_dials else dialler in line
 
-    return str(logs.wait_for(found, 10, f"a log line with {marks}"))
+    def found(lines: list[str]) -> bool:
+        refusals = [line for line in lines if dialler in line or acceptor(line)]
+        return any(member_line(line) for line in lines) and any(
+            reason in line for line in refusals for reason in reasons
+        )
+
+    logs.wait_for(found, 10, f"the member's refusal line, and one with one of {reasons}")
 
 
 # A shared secret.
@@ -197,14 +207,15 @@ def test_an_outsider_without_the_secret_neither_learns_nor_injects(
     }
     a, m, tap = refused_through(nodes, taps, member, outsider, outsider_dials=outsider_dials)
     assert_nothing_crossed(tap, a, m)
-    reason = (
-        "authentication failed: the peer's proof does not match the cluster secret"
+    reasons = (
+        ("authentication failed: the peer's proof does not match the cluster secret",)
         if outsider_secret
-        else "peer sent no authentication nonce"
+        else (
+            "peer sent no authentication nonce: it has no cluster secret, this node requires one",
+            "peer requires a cluster secret and this node has none (--secret-file)",
+        )
     )
-    member_refusal(logs, tap, outsider_dials=outsider_dials, reason=reason)
-    if outsider_secret is None:
-        logs.wait_for_text("peer requires a cluster secret and this node has none")
+    refusal_logged(logs, tap, outsider_dials=outsider_dials, reasons=reasons)
 
 
 def test_with_a_secret_alone_positions_cross_the_wire_in_clear(
@@ -291,12 +302,6 @@ def test_a_replayed_handshake_gets_no_position_data(
     assert len(logs.lines_with(raw.label)) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the proof binds names and nonces but not the connection, so a process with"
-    " no secret that dials two nodes and relays each one's Hello and Auth to the other is"
-    " authenticated by both as the other: it reads both syncs and injects positions",
-)
 def test_relaying_two_handshakes_does_not_authenticate_an_outsider(
     nodes: Nodes, tmp_path: Path
 ) -> None:
@@ -307,19 +312,36 @@ def test_relaying_two_handshakes_does_not_authenticate_an_outsider(
     b, b_rows = start_node(nodes, B, secret_file=secret)
     traded(a, a_rows, A_SYMBOL)
     traded(b, b_rows, B_SYMBOL, 5)
-    # The outsider plays B to A and A to B, with each node's own nonce as its own.
+    # The outsider plays B to A and A to B, each time with the other node's nonce as its own.
     to_a = Impostor.dial(a.port, B, secrets=None)
     to_b = Impostor.dial(b.port, A, secrets=None)
     try:
+
+        def hello_in(raw: Impostor) -> bool:
+            return any(isinstance(m, Hello) for m in raw.messages())
+
+        # A node that sends its Hello unprompted gives its nonce away before the outsider has
+        # to commit to one: wait a moment for that (an attacker's probe, not a test delay).
+        if to_a.within(hello_in, 0.5) and to_b.within(hello_in, 0.5):
+            hello_a, hello_b = to_a.messages()[0], to_b.messages()[0]
+            assert isinstance(hello_a, Hello) and isinstance(hello_b, Hello)
+            to_a.send(encode(Hello(B, nonce=hello_b.nonce)))
+            to_b.send(encode(Hello(A, nonce=hello_a.nonce)))
+        else:
+            # The nodes wait for the dialler's Hello: commit to a nonce with A, then give A's
+            # nonce to B as A's.
+            to_a.send(encode(Hello(B, nonce=os.urandom(32))))
+            to_a.pump(hello_in, 10)
+            hello_a = next(m for m in to_a.messages() if isinstance(m, Hello))
+            to_b.send(encode(Hello(A, nonce=hello_a.nonce)))
+
+        def auth_in(raw: Impostor) -> bool:
+            return any(isinstance(m, Auth) for m in raw.messages())
+
         for raw in (to_a, to_b):
-            raw.pump(lambda r: decode(bytes(r.raw)), 10)
-        hello_a, hello_b = decode(bytes(to_a.raw))[0], decode(bytes(to_b.raw))[0]
-        assert isinstance(hello_a, Hello) and isinstance(hello_b, Hello)
-        to_a.send(encode(Hello(B, nonce=hello_b.nonce)))
-        to_b.send(encode(Hello(A, nonce=hello_a.nonce)))
-        for raw in (to_a, to_b):
-            raw.pump(lambda r: len(decode(bytes(r.raw))) >= 2, 10)
-        auth_a, auth_b = decode(bytes(to_a.raw))[1], decode(bytes(to_b.raw))[1]
+            raw.pump(auth_in, 10)
+        auth_a = next(m for m in to_a.messages() if isinstance(m, Auth))
+        auth_b = next(m for m in to_b.messages() if isinstance(m, Auth))
         to_a.send(encode(auth_b))
         to_b.send(encode(auth_a))
         forged = Position(B, "FORGED", 1e9, FAR_FUTURE)
@@ -364,11 +386,24 @@ def test_tls_with_good_certificates_converges_and_hides_positions(
     assert logs.lines_with("peers must prove who they are: TLS certificates")
 
 
-BAD_TLS = {
-    # name: (the outsider's TLS files, the reason the member gives)
-    "certificate from another CA": ("other_ca", "TLS handshake failed"),
-    "certificate for another name": ("wrong_name", "its certificate is for strategy_9"),
-    "plain TCP": (None, "TLS handshake failed"),
+BAD_TLS: dict[str, tuple[str | None, tuple[str, ...]]] = {
+    # name: (the outsider's TLS files, what the side that finds the fault logs)
+    "certificate from another CA": (
+        "other_ca",
+        ("TLS handshake failed: CERTIFICATE_VERIFY_FAILED",),
+    ),
+    "certificate for another name": (
+        "wrong_name",
+        ("peer claims strategy 'strategy_2' but its certificate is for strategy_9",),
+    ),
+    "plain TCP": (
+        None,
+        (
+            "TLS handshake failed: WRONG_VERSION_NUMBER",  # the TLS node read a plain Hello
+            "connection closed during the TLS handshake",  # the plain node hung up first
+            "above the maximum of",  # the plain node read a TLS record as a frame length
+        ),
+    ),
 }
 
 
@@ -384,7 +419,7 @@ def test_tls_refuses_a_bad_certificate_or_none(
 ) -> None:
     """A peer whose certificate is from another CA, names another strategy than it claims,
     or that speaks plain TCP, is refused both ways: nothing is exchanged."""
-    which, reason = BAD_TLS[case]
+    which, reasons = BAD_TLS[case]
     outsider_tls = None if which is None else getattr(certs, which)
     a, m, tap = refused_through(
         nodes,
@@ -394,7 +429,7 @@ def test_tls_refuses_a_bad_certificate_or_none(
         outsider_dials=outsider_dials,
     )
     assert_nothing_crossed(tap, a, m)
-    member_refusal(logs, tap, outsider_dials=outsider_dials, reason=reason)
+    refusal_logged(logs, tap, outsider_dials=outsider_dials, reasons=reasons)
 
 
 def test_tls_and_a_secret_together_converge(
@@ -430,7 +465,7 @@ def test_tls_with_good_certificates_but_a_wrong_secret_is_refused(
         outsider_dials=outsider_dials,
     )
     assert_nothing_crossed(tap, a, m)
-    member_refusal(logs, tap, outsider_dials=outsider_dials, reason="authentication failed")
+    refusal_logged(logs, tap, outsider_dials=outsider_dials, reasons=("authentication failed",))
 
 
 # Limits.
@@ -491,12 +526,6 @@ def test_the_symbol_cap_drops_a_peers_extra_symbols_with_one_line(
         a.trade("X3", 1).result(10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the symbol cap is not applied to the echo: a peer's sync may hold any number"
-    " of new symbols of the node's own strategy, and the node keeps, stores and broadcasts"
-    " them all",
-)
 def test_the_symbol_cap_holds_for_echoed_own_positions(
     nodes: Nodes, tmp_path: Path, logs: LogCapture
 ) -> None:
@@ -527,11 +556,11 @@ def test_max_connections_refuses_extra_connections_with_one_line(
         heartbeat_interval=FAST_LIMITS.heartbeat_interval, hello_timeout=30.0, max_connections=2
     )
     a, _ = start_node(nodes, A, limits=limits)
+    # Connected, handshake unfinished. The one accept thread tracks connections in the order
+    # they were made, so both count before the next one is looked at.
     held = [Impostor.dial(a.port, B, secrets=None) for _ in range(2)]
     extra = None
     try:
-        for raw in held:  # each is served: it gets the node's Hello
-            raw.pump(lambda r: decode(bytes(r.raw)))
         extra = Impostor.dial(a.port, B, secrets=None)
         assert extra.until_eof() == b""
         logs.wait_for_text(
@@ -539,11 +568,13 @@ def test_max_connections_refuses_extra_connections_with_one_line(
         )
         assert len(logs.lines_with(extra.label)) == 1
         held[0].close()
-        logs.wait_for_text(f"at {held[0].label} refused: connection closed by the peer")
+        # Closed, or reset if the node's Hello was left unread: either way, the slot is free.
+        logs.wait_for_text(f"at {held[0].label} refused: connection ")
         again = Impostor.dial(a.port, B, secrets=None)
         held.append(again)
-        again.pump(lambda r: decode(bytes(r.raw)))
-        assert isinstance(decode(bytes(again.raw))[0], Hello)
+        again.say_hello()
+        again.pump(lambda r: any(isinstance(m, Hello) for m in r.messages()))
+        assert not again.eof
     finally:
         for raw in [*held, *([extra] if extra else [])]:
             raw.close()
@@ -562,7 +593,7 @@ def test_a_connection_silent_past_the_hello_deadline_is_closed(
         partial.send(encode(Hello(B))[:-1])  # all but the last byte
         for raw in (silent, partial):
             received = raw.until_eof(timeout=10)
-            assert kinds(received) == {Hello}
+            assert kinds(received) <= {Hello}  # the node's own Hello, if it speaks first
             line = logs.wait_for_text(f"at {raw.label} refused: no Hello within 0.5s")
             assert "unidentified peer" in line
             assert len(logs.lines_with(raw.label)) == 1
