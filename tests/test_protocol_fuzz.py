@@ -240,13 +240,14 @@ def scripted(data: st.DataObject, secrets: list[bytes] | None) -> list[str]:
 def test_any_message_order_follows_the_handshake_rules(
     secrets: list[bytes] | None, points: list[int], junk: bytes, data: st.DataObject
 ) -> None:
-    """Any order of messages, in any chunking, yields exactly the events of the model up to
-    the first message not allowed, which raises RemoteProtocolError and closes."""
+    """Any order of messages, in any chunking, on either end (dialler or acceptor), yields
+    exactly the events of the model up to the first message not allowed, which raises
+    RemoteProtocolError and closes."""
     if data.draw(st.booleans()):
         kinds = scripted(data, secrets)
     else:
         kinds = data.draw(st.lists(st.sampled_from(KINDS), max_size=10))
-    protocol = Protocol(OWN, secrets=secrets)
+    protocol = Protocol(OWN, secrets=secrets, dialler=data.draw(st.booleans()))
     session = Session(protocol)
     stream = b"".join(session.message(kind, junk) for kind in kinds)
     expected, refused = model(kinds, secrets)
@@ -325,6 +326,35 @@ def test_random_bytes_never_complete_a_handshake_with_a_secret(
         assert events == []
 
 
+@given(secret_lists, st.data())
+def test_an_acceptor_says_nothing_before_the_dialler_hello(
+    secrets: list[bytes] | None, data: st.DataObject
+) -> None:
+    """The accepting end sends nothing when the connection opens, nor after anything but an
+    accepted Hello (so a relaying outsider must commit to its nonce first)."""
+    protocol = Protocol(OWN, secrets=secrets, dialler=False)
+    assert protocol.initiate() == b""
+    session = Session(protocol)
+    kinds = data.draw(st.lists(st.sampled_from(KINDS), max_size=6))
+    for kind in kinds:
+        accepted_hello = protocol.state is State.HELLO and kind == (
+            "hello" if secrets else "hello_no_nonce"
+        )
+        try:
+            protocol.receive_data(session.message(kind, b""))
+        except RemoteProtocolError:
+            # A refused Hello may still be answered (so that the peer can tell why); anything
+            # else, never.
+            out = protocol.data_to_send()
+            assert not out or kind.startswith("hello"), (kind, out)
+            return
+        out = protocol.data_to_send()
+        if accepted_hello:
+            assert out.startswith(protocol.hello())  # our Hello first, then a proof
+        else:
+            assert out == b"", (kind, out)
+
+
 # A correct pair, whatever the chunking between them.
 
 
@@ -351,10 +381,11 @@ class Side:
                 self.outgoing += b"".join(map(encode, sync))
 
 
-def side(name: str, secrets: list[bytes] | None, symbol: str) -> Side:
-    protocol = Protocol(name, secrets=secrets)
+def side(name: str, secrets: list[bytes] | None, symbol: str, *, dialler: bool) -> Side:
+    """One end: the dialler opens with its Hello, the acceptor with nothing."""
+    protocol = Protocol(name, secrets=secrets, dialler=dialler)
     position = Position(name, symbol, 1.0, 5)
-    return Side(protocol, [position], bytearray(protocol.hello()), [])
+    return Side(protocol, [position], bytearray(protocol.initiate()), [])
 
 
 def exchange(a: Side, b: Side, data: st.DataObject) -> None:
@@ -385,9 +416,12 @@ compatible = st.sampled_from(
 def test_a_correct_pair_always_completes_whatever_the_chunking(
     secrets: tuple[list[bytes] | None, list[bytes] | None], data: st.DataObject
 ) -> None:
-    """Two protocols holding a common secret (or neither holding one) always complete the
-    handshake and receive each other's sync, whatever the chunking and interleaving."""
-    a, b = side(OWN, secrets[0], "AAPL"), side(PEER, secrets[1], "MSFT")
+    """Two protocols holding a common secret (or neither holding one), one dialling, always
+    complete the handshake and receive each other's sync, whatever the chunking and
+    interleaving."""
+    a_dials = data.draw(st.booleans())
+    a = side(OWN, secrets[0], "AAPL", dialler=a_dials)
+    b = side(PEER, secrets[1], "MSFT", dialler=not a_dials)
     exchange(a, b, data)
     assert a.error is None and b.error is None
     for me, other in ((a, b), (b, a)):
@@ -413,7 +447,9 @@ def test_a_pair_without_a_common_secret_never_completes(
 ) -> None:
     """When one side cannot prove itself to the other, that side is refused and the other
     never sees Ready or a position from it, whatever the chunking."""
-    a, b = side(OWN, secrets[0], "AAPL"), side(PEER, secrets[1], "MSFT")
+    a_dials = data.draw(st.booleans())
+    a = side(OWN, secrets[0], "AAPL", dialler=a_dials)
+    b = side(PEER, secrets[1], "MSFT", dialler=not a_dials)
     exchange(a, b, data)
     assert a.error is not None or b.error is not None
     for s in (a, b):
