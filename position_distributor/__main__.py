@@ -313,12 +313,16 @@ MAX_LINE = 4096
 _READ_SIZE = 1 << 16
 
 
-def _chunks_of_lines(stdin: IO[bytes], stderr: IO[str]) -> Iterator[list[bytes]]:
-    """The complete lines of each read from ``stdin``, as they come (a burst reads as one
-    chunk); an over-long line is reported and skipped, never held in memory."""
+def _chunks_of_lines(stdin: int, stderr: IO[str]) -> Iterator[list[bytes]]:
+    """The complete lines of each read from file descriptor ``stdin``, as they come (a burst
+    reads as one chunk); an over-long line is reported and skipped, never held in memory.
+
+    Reads the descriptor directly: no buffered reader, whose lock a thread blocked here would
+    hold when the interpreter exits.
+    """
     tail = b""
     skipping = False  # inside a line that was too long, until its end
-    while data := stdin.read1(_READ_SIZE):  # type: ignore[attr-defined]
+    while data := os.read(stdin, _READ_SIZE):
         lines = (tail + data).split(b"\n")
         tail = lines.pop()
         if skipping and lines:
@@ -343,7 +347,7 @@ _TRADE = re.compile(
 )
 
 
-def run_console(node: Node, stdin: IO[bytes], stderr: IO[str]) -> None:
+def run_console(node: Node, stdin: int, stderr: IO[str]) -> None:
     """Read trades and commands until EOF, ``exit`` or ``quit``.
 
     Trades read together are submitted together (one queue operation for a burst); a
@@ -419,6 +423,23 @@ def _run_command(node: Node, command: Command) -> None:
         out.write("Peers\n" + ("".join(lines) or "(none configured or connected)\n") + "\n")
 
 
+def _read_console(node: Node, done: threading.Event) -> None:
+    """Console thread: run the console until its end, then say the node should stop.
+
+    Stopped otherwise (a signal), the node refuses trades and this thread, possibly blocked
+    reading stdin, ends with the process.
+    """
+    try:
+        run_console(node, sys.stdin.fileno(), sys.stderr)
+        logger.info("end of console input: stopping")
+    except NodeError:
+        pass  # the node is stopping
+    except Exception:  # a safety net: this branch should never run
+        logger.opt(exception=True).error("console failed")
+    finally:
+        done.set()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m position_distributor`` and ``position-distributor``."""
     config, args = parse_args(argv)
@@ -426,8 +447,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.add(sys.stderr, level=args.log_level, format=LOG_FORMAT, backtrace=False)
     signal.signal(signal.SIGTERM, _on_sigterm)
     node = Node(config, out=sys.stdout)
-    # A node that can no longer apply changes (a bug) stops, as a signal would stop it.
-    node.on_failure = lambda reason: signal.raise_signal(signal.SIGTERM)
+    # Set by the console at its end, or by a node that can no longer apply changes (a bug).
+    done = threading.Event()
+    node.on_failure = lambda reason: done.set()
     try:
         node.start()
     except NodeError as exc:
@@ -437,11 +459,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         node.stop()  # a signal while starting: stop what started
         return 0
     try:
-        if args.no_console:
-            threading.Event().wait()
-        else:
-            run_console(node, sys.stdin.buffer, sys.stderr)
-            logger.info("end of console input: stopping")
+        if not args.no_console:
+            # The console reads in its own thread: the main thread only waits, so a signal
+            # (raised in the main thread) never lands half-way through applying a trade.
+            console = threading.Thread(
+                target=_read_console, args=(node, done), name="console", daemon=True
+            )
+            console.start()
+        done.wait()
     except (KeyboardInterrupt, _Stop):
         logger.info("signal received: stopping")
     finally:

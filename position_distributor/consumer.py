@@ -8,6 +8,8 @@ One refinement for latency: when nothing is queued or being applied, ``put`` app
 at once in the calling thread, under the same lock the thread applies under, instead of
 waking the thread (a hand-off costs tens of microseconds). Items put while anything is
 pending queue up behind it, so the order of application is the order of ``put`` either way.
+Never in the main thread: a signal there (Ctrl-C) raises between any two bytecodes, and an
+apply must not stop half-way.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ __all__ = ["Consumer"]
 T = TypeVar("T")
 
 _STOP: Final = object()  # the sentinel the thread reads from its own queue to end
+_MAIN: Final = threading.main_thread()
 
 
 class Consumer(Generic[T]):
@@ -77,7 +80,12 @@ class Consumer(Generic[T]):
             if self._closed:
                 return False
             self._pending += 1
-            inline = self._inline and self._pending == 1 and self._applying.acquire(False)
+            inline = (
+                self._inline
+                and self._pending == 1
+                and threading.current_thread() is not _MAIN
+                and self._applying.acquire(False)
+            )
         if not inline:
             self._queue.put(item)
             return True
