@@ -30,6 +30,7 @@ from .wire import SyncDone, encode, encode_position
 __all__ = ["DEFAULT_MAX_SYMBOLS", "Engine", "Output", "Subscriber", "TradeError"]
 
 DEFAULT_MAX_SYMBOLS: Final = 200_000  # per strategy: bounds what a peer can make us hold
+_SYNC_SLICE: Final = 2048  # positions encoded and queued at a time by a sync
 _MAX_BATCH: Final = 8192  # trades or messages per batch: bounds a transaction and a write
 
 
@@ -125,7 +126,7 @@ class Engine:
             max_batch=_MAX_BATCH,
             on_error=self._fail,
         )
-        # One item per read of a peer's socket: 64 reads of up to 256 KiB in waiting at most.
+        # One item per read of a peer's socket: 64 reads of up to 64 KiB in waiting at most.
         self._positions: Consumer[tuple[Connection, list[Any]]] = Consumer(
             "consume-positions",
             self._apply_positions,
@@ -249,8 +250,13 @@ class Engine:
                 relayed = self._book.not_of(self.name, other)
             echo = self._book.of_strategy(other)
         positions = own + relayed + echo
-        data = b"".join(map(encode_position, positions))
-        conn.send(data + encode(SyncDone(len(positions))), bounded=False)
+        # Sent in slices as they are encoded, so the peer starts applying the first while
+        # this thread encodes the rest (a large book takes a while either way).
+        for start in range(0, len(positions), _SYNC_SLICE):
+            chunk = positions[start : start + _SYNC_SLICE]
+            if not conn.send(b"".join(map(encode_position, chunk)), bounded=False):
+                return  # closed meanwhile
+        conn.send(encode(SyncDone(len(positions))), bounded=False)
         logger.debug(
             "sent {} own, {} relayed and {} echoed positions to {}",
             len(own),

@@ -9,7 +9,7 @@ import sqlite3
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, NamedTuple
+from typing import IO, Any, NamedTuple
 
 from .types import Position
 
@@ -65,17 +65,20 @@ CREATE TABLE IF NOT EXISTS snapshot_positions (
 ) WITHOUT ROWID;
 """
 
-_UPSERT = (
-    "INSERT INTO positions (strategy, symbol, net_position, timestamp) VALUES (?, ?, ?, ?)"
+# Inserts as (head, one row's placeholders, tail), for _insert_many.
+_UPSERT_ROWS = (
+    "INSERT INTO positions (strategy, symbol, net_position, timestamp) VALUES ",
+    "(?, ?, ?, ?)",
     " ON CONFLICT (strategy, symbol) DO UPDATE"
-    " SET net_position = excluded.net_position, timestamp = excluded.timestamp"
+    " SET net_position = excluded.net_position, timestamp = excluded.timestamp",
 )
 
 
-_JOURNAL_ROWS = 256
-_JOURNAL = (
-    "INSERT INTO journal (time_ns, symbol, quantity, net_position, timestamp, kind)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
+_ROWS_PER_STATEMENT = 256
+_JOURNAL_ROWS = (
+    "INSERT INTO journal (time_ns, symbol, quantity, net_position, timestamp, kind) VALUES ",
+    "(?, ?, ?, ?, ?, ?)",
+    "",
 )
 
 
@@ -236,8 +239,8 @@ class Store:
         db = self._db
         db.execute("BEGIN")
         try:
-            db.executemany(_UPSERT, positions)
-            self._insert_journal(journal)
+            self._insert_many(_UPSERT_ROWS, 4, positions)
+            self._insert_many(_JOURNAL_ROWS, 6, journal)
             if bases:
                 db.executemany(
                     "INSERT OR REPLACE INTO bases (symbol, net_position, timestamp)"
@@ -251,18 +254,24 @@ class Store:
             db.execute("ROLLBACK")
             raise
 
-    def _insert_journal(self, entries: Iterable[tuple[int, str, float, float, int, str]]) -> None:
-        """Insert journal entries, ``_JOURNAL_ROWS`` per statement: one statement for many
-        rows costs SQLite and the sqlite3 module half as much per row as executemany."""
-        entries = list(entries)
-        whole = len(entries) - len(entries) % _JOURNAL_ROWS
+    def _insert_many(
+        self, statement: tuple[str, str, str], width: int, rows: Iterable[tuple[Any, ...]]
+    ) -> None:
+        """Run an insert for many rows, ``_ROWS_PER_STATEMENT`` at a time: one statement for
+        many rows costs SQLite and the sqlite3 module half as much per row as executemany.
+
+        ``statement`` is (the insert up to VALUES, one row's placeholders, what follows).
+        """
+        rows = list(rows)
+        whole = len(rows) - len(rows) % _ROWS_PER_STATEMENT
+        head, values, tail = statement
         if whole:
-            statement = _JOURNAL + ", (?, ?, ?, ?, ?, ?)" * (_JOURNAL_ROWS - 1)
-            for start in range(0, whole, _JOURNAL_ROWS):
-                chunk = entries[start : start + _JOURNAL_ROWS]
-                self._db.execute(statement, list(itertools.chain.from_iterable(chunk)))
-        if whole < len(entries):
-            self._db.executemany(_JOURNAL, entries[whole:])
+            sql = head + ", ".join([values] * _ROWS_PER_STATEMENT) + tail
+            flat = itertools.chain.from_iterable
+            for start in range(0, whole, _ROWS_PER_STATEMENT):
+                self._db.execute(sql, list(flat(rows[start : start + _ROWS_PER_STATEMENT])))
+        if whole < len(rows):
+            self._db.executemany(head + values + tail, rows[whole:])
 
     def history(self, symbol: str, limit: int) -> list[JournalEntry]:
         """The last ``limit`` own trades in ``symbol``, oldest first."""

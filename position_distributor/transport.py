@@ -19,7 +19,9 @@ from typing import Any, Final
 
 __all__ = ["TlsError", "TlsTransport", "Transport", "certified_names", "make_tls_contexts"]
 
-_READ_SIZE: Final = 256 * 1024
+# 64 KiB: below the size at which each read would map and unmap fresh memory (malloc's
+# mmap threshold), which costs more than the read itself for a small message.
+_READ_SIZE: Final = 64 * 1024
 
 
 class TlsError(Exception):
