@@ -183,6 +183,14 @@ def _build_parser() -> argparse.ArgumentParser:
         " dropped and redialled (default: 1)",
     )
     parser.add_argument(
+        "--hello-timeout",
+        metavar="SECONDS",
+        type=_seconds,
+        default=Limits.hello_timeout,
+        help="how long a new connection has to complete its handshake"
+        f" (default: {Limits.hello_timeout:g})",
+    )
+    parser.add_argument(
         "--max-frame-size",
         metavar="BYTES",
         type=int,
@@ -265,6 +273,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
     args = parser.parse_args(argv)
     if args.heartbeat <= 0:
         parser.error("--heartbeat must be above 0")
+    if args.hello_timeout <= 0:
+        parser.error("--hello-timeout must be above 0")
     if args.max_frame_size < 1024:
         parser.error("--max-frame-size must be at least 1024")
     if args.max_connections < 1:
@@ -276,6 +286,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
         heartbeat_interval=args.heartbeat,
         idle_timeout=5 * args.heartbeat,
         max_connections=args.max_connections,
+        hello_timeout=args.hello_timeout,
     )
     try:
         config = Config(

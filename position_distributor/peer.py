@@ -177,7 +177,9 @@ class Connection:
                 return False
             limit = self._peer.limits.max_send_queue
             pending = self._enqueued - max(self._written, self._exempt_until)
-            overflow = bounded and pending + size > limit
+            # One batch larger than the limit still goes to a peer with nothing pending: the
+            # limit bounds what waits for a peer, not the size of one send.
+            overflow = bounded and pending > 0 and pending + size > limit
             if not overflow:
                 self._enqueued += size
                 if not bounded:
@@ -483,6 +485,7 @@ class Peer:
         self._listener: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._random = random.Random()  # redial jitter (its own: never the global generator)
         # Mutex protecting _live, _all and _readers; _changed signals a change of _live.
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -761,7 +764,7 @@ class Peer:
                                 connector.label,
                                 reason,
                             )
-                if self._stopping.wait(backoff * random.uniform(0.5, 1.0)):
+                if self._stopping.wait(backoff * self._random.uniform(0.5, 1.0)):
                     break
                 backoff = min(backoff * 2, limits.backoff_max)
         except Exception:  # a safety net: this branch should never run
