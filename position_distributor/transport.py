@@ -94,18 +94,27 @@ class TlsTransport(Transport):
 
     def recv(self) -> bytes:
         while True:
+            chunks = []
             with self._lock:
                 try:
-                    data = self._tls.read(_READ_SIZE)
+                    # Every record already received, not one 16 KiB record per call.
+                    size = 0
+                    while size < _READ_SIZE:
+                        chunk = self._tls.read(_READ_SIZE - size)
+                        if not chunk:
+                            break
+                        chunks.append(chunk)
+                        size += len(chunk)
                 except ssl.SSLWantReadError:
-                    data = None
+                    pass
                 except ssl.SSLZeroReturnError:
-                    return b""  # the peer closed TLS cleanly
+                    if not chunks:
+                        return b""  # the peer closed TLS cleanly
                 pending = self._outgoing.pending
             if pending:
                 self._wake_writer()  # e.g. a TLS 1.3 key update to answer
-            if data:
-                return data
+            if chunks:
+                return b"".join(chunks)
             received = self.sock.recv(_READ_SIZE)
             if not received:
                 return b""
