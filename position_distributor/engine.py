@@ -1,11 +1,12 @@
 """Engine: the book, its two queues and their consumer threads, the sync, the recovery window.
 
-Two consumers, as in the original: ``consume-trades`` applies own trades, ``consume-positions``
-applies positions received from peers. Each blocks on its queue, drains whatever is queued,
-applies it under the book lock, then publishes the changes: one store transaction for the
-batch, one broadcast, one write of rows. Publishing happens under the publish lock, taken
-before the book lock is released, so changes are stored, sent and printed in the order they
-were applied, and nothing calls out while holding the book lock.
+Two consumers, as in the original (see ``consumer.py``): ``consume-trades`` applies own
+trades, ``consume-positions`` applies positions received from peers. Each blocks on its queue,
+drains whatever is queued, applies it under the book lock, then publishes the changes: one
+store transaction for the batch, one broadcast, one write of rows. (When a consumer is idle,
+the thread that puts an item applies it itself, in the same order.) Publishing happens under
+the publish lock, taken before the book lock is released, so changes are stored, sent and
+printed in the order they were applied, and nothing calls out while holding the book lock.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ _MAX_BATCH: Final = 8192  # trades or messages per batch: bounds a transaction a
 
 
 class TradeError(Exception):
-    """A trade that cannot be applied (its result would not be a finite number)."""
+    """A trade that cannot be applied: its result would not be a finite number, or its symbol
+    would take the strategy past the symbol cap."""
 
 
 class Output:
@@ -113,7 +115,7 @@ class Engine:
         # Read and written under both the book lock and the publish lock.
         self._bases = store.bases()
         # Mutex ordering what follows an apply: store commit, broadcast, rows, subscribers.
-        # Taken before the book lock is released (see _apply_then_publish).
+        # Taken before the book lock is released (see _apply_trades, _apply_positions).
         self._publish_lock = threading.Lock()
         self._subscribers: tuple[Subscriber, ...] = ()
         # Lists of trades (a console burst, or one API trade); bounded, so typing faster
