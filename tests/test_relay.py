@@ -370,9 +370,11 @@ def measure_sent_per_trade(
 )
 def test_positions_sent_per_trade(nodes: Nodes, topology: str, relay: bool) -> None:
     """Positions sent per trade in 5 nodes are bounded, so relay causes no storm: exactly
-    N-1 = 4 in a full mesh without relay and in a chain with relay, between 4 + 4 x 2 and
-    (N-1)^2 = 16 in a full mesh with relay (each receiver forwards its one change to the
-    peers other than its source and the owner); the wire carries exactly what was counted."""
+    N-1 = 4 in a full mesh without relay and in a chain with relay; in a full mesh with relay,
+    N-1 from the owner, then each receiver forwards its one change to every peer but its
+    source and the owner (N-2 for the first receiver, whose copy can only come from the
+    owner, N-3 or N-2 for the others): from (N-1) + (N-2)^2 = 13 to (N-1)^2 = 16. The wire
+    carries exactly the positions counted."""
     n = 5
     per_trade, frames, dropped = measure_sent_per_trade(
         nodes, count=n, topology=topology, relay=relay, trades=4 * n
@@ -385,7 +387,7 @@ def test_positions_sent_per_trade(nodes: Nodes, topology: str, relay: bool) -> N
     )
     assert frames == sum(per_trade), "the wire carried other positions than the counted ones"
     if topology == "mesh" and relay:
-        assert all((n - 1) + (n - 1) * (n - 3) <= sent <= (n - 1) ** 2 for sent in per_trade)
+        assert all((n - 1) + (n - 2) ** 2 <= sent <= (n - 1) ** 2 for sent in per_trade)
     else:
         assert per_trade == [n - 1] * len(per_trade)
     assert dropped == []
