@@ -436,17 +436,30 @@ class Node:
         return info
 
     def _take_daily_snapshots(self, at: dt.time) -> None:
-        """Timer thread: a snapshot labelled ``eod YYYY-MM-DD`` every day at ``at``, local time."""
+        """Timer thread: a snapshot labelled ``eod YYYY-MM-DD`` every day at ``at``, local time.
+
+        It waits half the time left, then looks at the clock again, so a daylight-saving
+        change (or a wall clock set by hand) is caught up with long before the time comes.
+        A snapshot that fails (a full disk) is logged; the next day's is taken all the same.
+        """
         try:
             while True:
                 now = dt.datetime.now()
                 target = dt.datetime.combine(now.date(), at)
                 if target <= now:
                     target += dt.timedelta(days=1)
-                if self._stop_timer.wait((target - now).total_seconds()):
+                left = (target - now).total_seconds()
+                if self._stop_timer.wait(left if left <= 60 else left / 2):
                     return
-                if dt.datetime.now() >= target:  # not woken early by a clock change
-                    self.snapshot(f"eod {target.date().isoformat()}")
+                if dt.datetime.now() < target:
+                    continue  # woken early on purpose, or the clock moved: look again
+                label = f"eod {target.date().isoformat()}"
+                try:
+                    self.snapshot(label)
+                except Exception as exc:
+                    logger.error(
+                        "snapshot {!r} failed: {}; the next one is due tomorrow", label, exc
+                    )
         except Exception:  # a safety net: this branch should never run
             logger.opt(exception=True).error("daily snapshot timer failed")
 

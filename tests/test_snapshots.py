@@ -478,12 +478,6 @@ def test_the_daily_timer_takes_one_snapshot_a_day_at_the_time(
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: node._take_daily_snapshots waits (target - now) computed on naive local"
-    " times, so across a daylight-saving change it wakes an hour off: on the spring-forward"
-    " day the end-of-day snapshot is taken at 18:30 instead of 17:30",
-)
 def test_the_daily_timer_keeps_local_time_across_a_daylight_saving_change(
     nodes: Nodes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -496,12 +490,6 @@ def test_the_daily_timer_keeps_local_time_across_a_daylight_saving_change(
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an exception from one daily snapshot (disk full, I/O error) leaves"
-    " node._take_daily_snapshots through its safety net: the timer thread ends and no"
-    " end-of-day snapshot is ever taken again until the node restarts",
-)
 def test_a_failed_daily_snapshot_does_not_stop_the_next_ones(
     nodes: Nodes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
