@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import re
+import shlex
 import sqlite3
 import subprocess
 import sys
@@ -66,19 +67,27 @@ def fails(*args: str | Path, status: int = 1) -> str:
 
 def take_snapshot(node: NodeProcess, label: str = "") -> int:
     """Type ``snapshot [LABEL]`` at ``node``'s console; the id its output line gives."""
+    return typed_snapshot(node, label)[0]
+
+
+def typed_snapshot(node: NodeProcess, label: str = "") -> tuple[int, list[str]]:
+    """Type ``snapshot [LABEL]`` at ``node``'s console; the id its output line gives, and the
+    arguments of the snapshots CLI command it says to read it with."""
     start = node.mark().out
     node.type(f"snapshot {label}".rstrip())
     index = node.wait_for_output("Snapshot ", start=start)
     line = node.lines[index].rstrip("\n")
     shown = re.escape(repr(label or "manual"))
     found = re.fullmatch(
-        rf"Snapshot (\d+) {shown} taken: (\d+) position\(s\) \(read it with:"
-        rf" python -m position_distributor\.snapshots {re.escape(str(node.data_dir))} show \1\)",
+        rf"Snapshot (\d+) {shown} taken: (\d+) position\(s\)"
+        rf" \(read it with: python -m position_distributor\.snapshots (.+ show \1)\)",
         line,
     )
     assert found, line
     assert int(found.group(2)) == len(node.snapshot())
-    return int(found.group(1))
+    args = shlex.split(found.group(3))
+    assert args[0] == str(node.data_dir), line
+    return int(found.group(1)), args
 
 
 def exported(data_dir: Path, snapshot_id: int, *more: str) -> dict[str, object]:
@@ -148,7 +157,7 @@ def test_the_cli_lists_shows_and_exports_while_the_node_runs(
     view = rows_of(alpha)
     alpha.type("AAPL 1")  # the second snapshot differs from the first
     alpha.wait_for_view({**alpha.nets(), ("alpha", "AAPL"): 101.0})
-    second = take_snapshot(alpha, "close of day")
+    second, hint = typed_snapshot(alpha, "close of day")
     after = dt.datetime.now()
     assert (first, second) == (1, 2)
     assert alpha.alive
@@ -164,6 +173,7 @@ def test_the_cli_lists_shows_and_exports_while_the_node_runs(
     shown = ok(data_dir, "show", "1").splitlines()
     assert re.fullmatch(r"Snapshot 1 'manual' \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}", shown[0])
     assert shown[1:] == [format_row(p) for p in view]
+    assert ok(*hint).splitlines()[1:] == [format_row(p) for p in rows_of(alpha)]  # as told
 
     csv_file = tmp_path / "one.csv"
     assert ok(data_dir, "export", "1", "--csv", csv_file) == ""
