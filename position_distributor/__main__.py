@@ -44,7 +44,8 @@ example, three strategies in a full mesh (each dials the ones started before it)
   position-distributor strategy_2 12346 127.0.0.1:12345
   position-distributor strategy_3 12347 127.0.0.1:12345 127.0.0.1:12346
 
-exit status: 0 after a normal stop, 2 if the node could not start."""
+exit status: 0 after a normal stop, 1 if it stopped because it failed, 2 if it could not
+start."""
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -394,7 +395,14 @@ def run_console(node: Node, stdin: int, stderr: IO[str]) -> None:
                 # A query sees the trades typed before it (during recovery: once they apply).
                 node.flush()
                 unflushed = False
-            _run_command(node, command)
+            try:
+                _run_command(node, command)
+            except NodeError:
+                raise  # the node is stopping
+            except Exception as exc:  # e.g. a store error: say so, keep the node running
+                logger.opt(exception=True).error("{} failed", command.name)
+                stderr.write(f"error: {command.name} failed: {exc}\n")
+                stderr.flush()
         if trades:
             node.submit_many(trades)
             unflushed = True
@@ -424,7 +432,7 @@ def _run_command(node: Node, command: Command) -> None:
         out.write(
             f"Snapshot {info.id} {info.label!r} taken: {info.size} position(s)"
             f" (read it with: python -m position_distributor.snapshots"
-            f" {node.config.data_dir} show {info.id})\n"
+            f" {node.config.data_dir} --name {node.name} show {info.id})\n"
         )
     elif name == "peers":
         lines = []
@@ -455,7 +463,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m position_distributor`` and ``position-distributor``."""
     config, args = parse_args(argv)
     logger.remove()
-    logger.add(sys.stderr, level=args.log_level, format=LOG_FORMAT, backtrace=False)
+    # diagnose=False: a traceback must not print variables' values (positions, secrets).
+    logger.add(sys.stderr, level=args.log_level, format=LOG_FORMAT, backtrace=False, diagnose=False)
     signal.signal(signal.SIGTERM, _on_sigterm)
     node = Node(config, out=sys.stdout)
     # Set by the console at its end, or by a node that can no longer apply changes (a bug).

@@ -93,7 +93,7 @@ class Engine:
         recovery_timeout: float = 5.0,
         recovery_grace: float = 0.5,
         relay: bool = False,
-        max_queue: int = 1024,
+        max_queue: int = 64,
         max_symbols: int = DEFAULT_MAX_SYMBOLS,
         on_fatal: Callable[[str], None] | None = None,
     ) -> None:
@@ -118,8 +118,9 @@ class Engine:
         # Taken before the book lock is released (see _apply_trades, _apply_positions).
         self._publish_lock = threading.Lock()
         self._subscribers: tuple[Subscriber, ...] = ()
-        # Lists of trades (a console burst, or one API trade); bounded, so typing faster
-        # than trades apply blocks the console (backpressure) instead of growing memory.
+        # Lists of trades (a console burst of up to one 64 KiB read, or one API trade);
+        # bounded, so typing faster than trades apply blocks the console (backpressure)
+        # instead of growing memory: at most 64 reads are waiting.
         self._trades: Consumer[list[_Trade]] = Consumer(
             "consume-trades",
             self._apply_trades,
@@ -468,7 +469,9 @@ class Engine:
             return None
         self._bases[symbol] = echo.timestamp
         bases.append(echo)
-        quantities = self._store.quantities(symbol)
+        # Only the trades made after it: a store restored from an old copy holds trades that
+        # the base already includes.
+        quantities = self._store.quantities(symbol, after=echo.timestamp)
         if not quantities:
             return echo if self._book.apply(echo) else None
         net = echo.net_position

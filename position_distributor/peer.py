@@ -38,6 +38,7 @@ _SEND_SLICE: Final = 1 << 20  # each sendall is bounded in time by the socket ti
 _HEARTBEAT: Final = encode(Heartbeat())
 _STOP: Final = None  # writer sentinel: send what is queued before it, then shut down
 _DUPLICATE: Final = "already connected to"
+_REPLACED: Final = "replaced by"
 _IDLE_HEARTBEATS: Final = 5  # a peer silent for this many of its heartbeat intervals is dead
 _REFUSAL_LOG_INTERVAL: Final = 60.0  # seconds before the same refusal is logged again
 
@@ -134,6 +135,7 @@ class Connection:
         # when neither, send() writes directly (one thread hand-off less per message).
         self._items = 0
         self._writing = False
+        self._last_direct = 0.0  # when send() last wrote directly (monotonic)
         self._spoke = False  # our Hello is out: heartbeats may follow it
         self._closed_reason: str | None = None
         self._writer = threading.Thread(
@@ -189,6 +191,7 @@ class Connection:
                     # socket takes at once; the writer sends the rest, in order.
                     sent = self._write_now(data)
                     self._written += sent
+                    self._last_direct = time.monotonic()
                     if sent < size:
                         self._items += 1
                         self._queue.put(data[sent:])
@@ -376,17 +379,19 @@ class Connection:
         peer = self._peer
         final = self._closed_reason or reason
         peer._unregister(self, final)
-        who = self.name or "unidentified peer"
+        claimed = self.protocol.claimed
+        who = self.name or (f"{claimed!r} (claimed)" if claimed else "unidentified peer")
         if self.ready:
-            level = "INFO" if peer.stopping else "WARNING"
+            # Routine ends (stopping, a connection replaced) are INFO; a loss is a WARNING.
+            level = "INFO" if peer.stopping or final.startswith(_REPLACED) else "WARNING"
             logger.log(level, "connection with {} at {} closed: {}", who, self.label, final)
             peer.dispatcher.fire(Event.CLOSED, self, final)
         elif not peer.stopping and not self.outbound:
             # A dialled connection that failed is reported by its connector, once per change;
-            # a named node redialling us is reported once per reason a minute, not at every
-            # retry; anything unidentified, every time.
+            # a node that said its name, redialling us, is reported once per reason a minute,
+            # not at every retry; anything that never said a name, every time.
             level = "INFO" if final.startswith(_DUPLICATE) else "WARNING"
-            if self.name is None or peer._first_refusal(self.address[0], who, final):
+            if claimed is None or peer._first_refusal(self.address[0], who, final):
                 logger.log(level, "connection from {} at {} refused: {}", who, self.label, final)
             else:
                 logger.debug("connection from {} at {} refused: {}", who, self.label, final)
@@ -404,6 +409,8 @@ class Connection:
                     with self._lock:
                         if self._items or not self._spoke:  # queued just now, or no Hello yet
                             continue
+                        if time.monotonic() - self._last_direct < interval:
+                            continue  # not idle: frames went out directly meanwhile
                         self._writing = True
                     sendall(_HEARTBEAT)
                     with self._lock:
@@ -636,10 +643,21 @@ class Peer:
             self._live_snapshot = tuple(self._live.values())
             self._changed.notify_all()
         if replaced is not None:
-            if replaced.outbound == conn.outbound:
-                why = f"replaced by a newer connection from {name} at {conn.label}"
+            if replaced.outbound != conn.outbound:
+                why = f"{_REPLACED} the connection dialled by {min(self.name, name)}"
+            elif replaced.listen_address != conn.listen_address and not replaced.closed:
+                # A restarted peer comes back where it listened before; another address,
+                # while the first is still connected, is a second node with the same name.
+                logger.error(
+                    "two nodes claim strategy {}: one at {}, another at {}; they replace each"
+                    " other's connection: give every node its own name",
+                    name,
+                    replaced.listen_address,
+                    conn.listen_address,
+                )
+                why = f"{_REPLACED} a connection from another node claiming {name}"
             else:
-                why = f"replaced by the connection dialled by {min(self.name, name)}"
+                why = f"{_REPLACED} a newer connection from {name}"
             replaced.close(why)
         return None
 

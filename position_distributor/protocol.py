@@ -109,6 +109,7 @@ class Protocol:
         self.heartbeat_ms = heartbeat_ms
         self.secrets = secrets
         self.certified_names: frozenset[str] | None = None
+        self.claimed: str | None = None  # the name in the peer's Hello, even if refused
         self.state = State.HELLO
         self.peer: Hello | None = None
         self._nonce = auth.new_nonce() if secrets else b""
@@ -191,6 +192,7 @@ class Protocol:
 
     def _on_hello(self, hello: Message) -> Event | None:
         assert isinstance(hello, Hello)
+        self.claimed = hello.strategy[:80]  # for the log, before any check
         if not self.dialler:
             # Our answer, queued before any check: the dialler has committed its nonce, and a
             # peer we refuse can then tell for itself why (our Hello says what we require).

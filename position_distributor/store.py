@@ -289,11 +289,13 @@ class Store:
         ).fetchone()
         return row is not None
 
-    def quantities(self, symbol: str) -> list[float]:
-        """The quantities of every journalled trade (not rebase) in ``symbol``, in order."""
+    def quantities(self, symbol: str, after: int = 0) -> list[float]:
+        """The quantities of the journalled trades (not rebases) in ``symbol`` stamped after
+        ``after``, in the order applied."""
         rows = self._db.execute(
-            "SELECT quantity FROM journal WHERE symbol = ? AND kind = 'trade' ORDER BY timestamp",
-            (symbol,),
+            "SELECT quantity FROM journal WHERE timestamp > ? AND symbol = ? AND kind = 'trade'"
+            " ORDER BY timestamp",
+            (after, symbol),
         )
         return [quantity for (quantity,) in rows]
 
