@@ -176,6 +176,13 @@ def _build_parser() -> argparse.ArgumentParser:
         " send this strategy's positions back (default: 5)",
     )
     parser.add_argument(
+        "--recover",
+        action="store_true",
+        help="start as a node whose store was lost: hold trades until peers send this"
+        " strategy's positions back, and take newer ones (for a store restored from an"
+        " older copy)",
+    )
+    parser.add_argument(
         "--heartbeat",
         metavar="SECONDS",
         type=_seconds,
@@ -307,6 +314,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
             tls_ca=args.tls_ca,
             insecure=args.insecure,
             max_symbols=args.max_symbols,
+            recover=args.recover,
         )
     except NodeError as exc:
         parser.error(str(exc))

@@ -465,6 +465,25 @@ class Engine:
             symbol, echo.timestamp
         ):
             return None
+        current = self._book.get(self.name, symbol)
+        if (
+            current is not None
+            and echo.timestamp > current.timestamp
+            and not self.recovering
+            and self._store.issued(symbol, current.timestamp)
+        ):
+            # Newer than what this node wrote itself, outside recovery: never its own past.
+            # (A store restored from an old copy looks the same: start it with --recover.)
+            logger.error(
+                "refused {} {} @ {} sent back as ours: newer than this node's own {} @ {};"
+                " if this store was restored from an older copy, restart with --recover",
+                symbol,
+                echo.net_position,
+                echo.timestamp,
+                current.net_position,
+                current.timestamp,
+            )
+            return None
         if self._book.count(self.name) >= self._max_symbols and self._over_cap(echo):
             return None
         self._bases[symbol] = echo.timestamp

@@ -62,6 +62,7 @@ class Config:
     tls_ca: Path | None = None  # the CA that signs every node's certificate
     insecure: bool = False  # allow a non-loopback bind with neither secret nor TLS
     max_symbols: int = DEFAULT_MAX_SYMBOLS  # per strategy, own and peers'
+    recover: bool = False  # recover own positions from peers at start (a restored store)
 
     @property
     def tls(self) -> bool:
@@ -260,6 +261,8 @@ class Node:
                 peer.stop()
                 raise NodeError(str(exc)) from exc
             self._peer, self._store = peer, store
+            if config.recover:
+                store.mark_needs_recovery()
             self._engine = Engine(
                 config.name,
                 self._dispatcher,

@@ -202,6 +202,11 @@ class Store:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'recovered'").fetchone()
         return row is None or not row[0]
 
+    def mark_needs_recovery(self) -> None:
+        """Make the next start (this one) recover from peers, as a new store would: for a
+        store restored from an older copy, whose peers hold newer own positions."""
+        self._db.execute("UPDATE meta SET value = 0 WHERE key = 'recovered'")
+
     def mark_recovered(self) -> None:
         """Record that the node has its own positions back (or started without them)."""
         self._db.execute("UPDATE meta SET value = 1 WHERE key = 'recovered'")

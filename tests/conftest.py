@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+from .inproc import Nodes
 from .procs import Cluster
+from .rawpeer import RawPeer
 
 settings.register_profile("default", max_examples=100, deadline=None)
 settings.register_profile(
@@ -36,3 +38,22 @@ def no_thread_leak() -> Iterator[None]:
     yield
     leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
     assert not leaked, f"threads still alive: {[t.name for t in leaked]}"
+
+
+@pytest.fixture
+def nodes(tmp_path: Path, no_thread_leak: None) -> Iterator[Nodes]:
+    """In-process nodes under tmp_path, all stopped before the thread-leak check."""
+    started = Nodes(tmp_path)
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+@pytest.fixture
+def raw_peers() -> Iterator[list[RawPeer]]:
+    """Raw sockets opened by a test, closed at its end."""
+    opened: list[RawPeer] = []
+    yield opened
+    for raw in opened:
+        raw.close()

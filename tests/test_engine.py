@@ -6,10 +6,7 @@ import re
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from position_distributor.node import Node
 from position_distributor.store import Store
@@ -21,24 +18,6 @@ from .rawpeer import RawListener, RawPeer
 from .waiting import Recorder, capture_logs, wait_until
 
 ROW = re.compile(r"^(\S+) \| (\S+) \| (-?\d+\.\d{6}) \| (\d+)$")
-
-
-@pytest.fixture
-def nodes(tmp_path: Path, no_thread_leak: None) -> Iterator[Nodes]:
-    """In-process nodes under tmp_path, all stopped before the thread-leak check."""
-    started = Nodes(tmp_path)
-    try:
-        yield started
-    finally:
-        started.close()
-
-
-@pytest.fixture
-def raw_peers() -> Iterator[list[RawPeer]]:
-    opened: list[RawPeer] = []
-    yield opened
-    for raw in opened:
-        raw.close()
 
 
 def seed_store(data_dir: Path, name: str, positions: list[Position], *, recovered: bool) -> None:

@@ -9,12 +9,9 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
-
-import pytest
 
 from .inproc import FAST_LIMITS, Nodes
 from .waiting import wait_until
@@ -34,15 +31,6 @@ def load_example() -> ModuleType:
 
 
 dashboard = load_example()
-
-
-@pytest.fixture
-def nodes(tmp_path: Path, no_thread_leak: None) -> Iterator[Nodes]:
-    started = Nodes(tmp_path)
-    try:
-        yield started
-    finally:
-        started.close()
 
 
 def run(coro: Any, timeout: float = 15.0) -> Any:

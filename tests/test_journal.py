@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import random
 import re
+import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
+from position_distributor.node import Node
 from position_distributor.store import JournalEntry
 
 from .faultproxy import FaultProxy
 from .inproc import Nodes, Rows
 from .procs import Cluster, NodeProcess, parse_row
+from .waiting import capture_logs, wait_until
 
 # A line of ``history``: local time with ms | symbol | signed quantity | position | timestamp,
 # and `` | rebase`` for a rebase.
@@ -49,16 +49,6 @@ def explained(entries: list[JournalEntry], symbol: str) -> float:
         if entry.symbol == symbol:
             net += entry.quantity
     return net
-
-
-@pytest.fixture
-def nodes(tmp_path: Path, no_thread_leak: None) -> Iterator[Nodes]:
-    """In-process nodes under tmp_path, all stopped before the thread-leak check."""
-    started = Nodes(tmp_path)
-    try:
-        yield started
-    finally:
-        started.close()
 
 
 def test_every_own_trade_is_journalled_before_its_row_is_printed(
@@ -245,3 +235,42 @@ def test_a_late_echo_rebases_the_position_and_the_journal_says_so(cluster: Clust
     entries = journal(alpha.data_dir / "alpha.sqlite3")
     assert [e.kind for e in entries] == ["trade", "rebase"]
     assert explained(entries, "AAPL") == 105.0
+
+
+def own_net(node: Node, symbol: str) -> float | None:
+    return next((p.net_position for p in node.positions() if p[:2] == (node.name, symbol)), None)
+
+
+def test_a_store_restored_from_an_older_copy_recovers_only_with_recover(
+    nodes: Nodes, tmp_path: Path
+) -> None:
+    """A node restarted on an older copy of its store refuses its peer's newer own position
+    (one ERROR line naming --recover) and keeps its own; restarted with --recover it takes the
+    position back once, counting no trade twice, and trades on from it."""
+    beta, _ = nodes.start("beta")
+    alpha, _ = nodes.start("alpha", peers=(beta.port,))
+    alpha.trade("AAPL", 10).result(10)
+    data = alpha.config.data_dir
+    alpha.stop()
+    backup = tmp_path / "backup"
+    shutil.copytree(data, backup)
+    alpha, _ = nodes.restart(alpha)
+    assert alpha.trade("AAPL", 5).result(10).net_position == 15.0
+    wait_until(lambda: (beta.positions() or [None])[0] == alpha.positions()[0], 10, "beta at 15")
+    alpha.stop()
+    shutil.rmtree(data)
+    shutil.copytree(backup, data)
+
+    with capture_logs("ERROR") as logs:
+        alpha, _ = nodes.restart(alpha)
+        line = logs.wait_for_text("restart with --recover", 10)
+    assert "AAPL 15.0" in line
+    assert own_net(alpha, "AAPL") == 10.0
+
+    alpha, _ = nodes.restart(alpha, recover=True, recovery_timeout=10.0)
+    assert alpha.trade("AAPL", 1).result(15).net_position == 16.0  # held until beta synced
+    # The restored journal's +10, then the +1: 15 was taken as it was, not as a rebase.
+    assert [(e.kind, e.quantity) for e in alpha.history("AAPL")] == [
+        ("trade", 10.0),
+        ("trade", 1.0),
+    ]

@@ -6,7 +6,6 @@ import asyncio
 import math
 import sqlite3
 import threading
-from collections.abc import Iterator
 from concurrent.futures import Future, wait
 from contextlib import aclosing
 from pathlib import Path
@@ -25,16 +24,6 @@ from position_distributor import (
 
 from .inproc import Nodes, Rows, nets_of
 from .waiting import Recorder, wait_until
-
-
-@pytest.fixture
-def nodes(tmp_path: Path, no_thread_leak: None) -> Iterator[Nodes]:
-    """In-process nodes under tmp_path, all stopped before the thread-leak check."""
-    started = Nodes(tmp_path)
-    try:
-        yield started
-    finally:
-        started.close()
 
 
 def stored(path: Path) -> dict[tuple[str, str], tuple[float, int]]:

@@ -102,15 +102,6 @@ def make_peer(no_thread_leak: None) -> Iterator[MakePeer]:
         peer.stop()
 
 
-@pytest.fixture
-def raw_peers() -> Iterator[list[RawPeer]]:
-    """Raw sockets opened by a test, closed at its end."""
-    opened: list[RawPeer] = []
-    yield opened
-    for raw in opened:
-        raw.close()
-
-
 def position(strategy: str, symbol: str, net: float, ts: int) -> Position:
     return Position(strategy, symbol, net, ts)
 

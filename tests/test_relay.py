@@ -12,9 +12,8 @@ from __future__ import annotations
 import collections
 import struct
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
@@ -210,16 +209,6 @@ def test_relay_carries_updates_across_a_partition_that_heals(cluster: Cluster) -
 # In-process nodes with Config(relay=True).
 
 
-@pytest.fixture
-def nodes(tmp_path: Path, no_thread_leak: None) -> Iterator[Nodes]:
-    """In-process nodes under tmp_path, all stopped before the thread-leak check."""
-    started = Nodes(tmp_path)
-    try:
-        yield started
-    finally:
-        started.close()
-
-
 def start(
     nodes: Nodes, name: str, peers: Sequence[int] = (), *, relay: bool = True
 ) -> tuple[Node, Rows]:
@@ -399,14 +388,6 @@ def test_positions_sent_per_trade(nodes: Nodes, topology: str, relay: bool) -> N
 # Ownership against a relaying peer that claims this node's own positions.
 
 
-@pytest.fixture
-def raw_peers() -> Iterator[list[RawPeer]]:
-    opened: list[RawPeer] = []
-    yield opened
-    for raw in opened:
-        raw.close()
-
-
 def relaying_raw_peer(raw_peers: list[RawPeer], node: Node, name: str) -> RawPeer:
     """A hand-driven peer that dials ``node``, says it relays, and has read its sync."""
     raw = RawPeer.connect(node.port, name)
@@ -432,13 +413,6 @@ def test_a_relayed_live_claim_of_a_node_own_position_is_refused(
     assert [p for p in rows.rows() if p.strategy == "alpha"] == [own]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (issue 3, ownership): outside recovery, an own position echoed in a peer's"
-    " sync that this store never issued, and newer than what the node wrote itself, is"
-    " taken as a base (engine._learn_own): the node's own position becomes the claim (plus"
-    " the trades journalled after it) instead of staying as the node wrote it",
-)
 def test_a_node_refuses_a_claim_of_its_own_position_newer_than_it_wrote(
     nodes: Nodes, raw_peers: list[RawPeer]
 ) -> None:

@@ -45,16 +45,6 @@ ATTEMPTS = 3  # refused connections to see before concluding nothing got through
 
 
 @pytest.fixture
-def nodes(tmp_path: Path, no_thread_leak: None) -> Iterator[Nodes]:
-    """In-process nodes, all stopped at the end (then no thread of the test may be left)."""
-    started = Nodes(tmp_path)
-    try:
-        yield started
-    finally:
-        started.close()
-
-
-@pytest.fixture
 def logs() -> Iterator[LogCapture]:
     with capture_logs() as capture:
         yield capture

@@ -16,7 +16,6 @@ import sys
 import threading
 import types
 import zoneinfo
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -270,16 +269,6 @@ def test_the_cli_says_what_is_wrong_in_one_line(cluster: Cluster, tmp_path: Path
 
 
 # Node.snapshot() in-process.
-
-
-@pytest.fixture
-def nodes(tmp_path: Path, no_thread_leak: None) -> Iterator[Nodes]:
-    """In-process nodes under tmp_path, all stopped before the thread-leak check."""
-    started = Nodes(tmp_path)
-    try:
-        yield started
-    finally:
-        started.close()
 
 
 def read_snapshot(store: Path, snapshot_id: int) -> list[Position]:
