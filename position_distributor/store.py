@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import itertools
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any, NamedTuple
+
+from loguru import logger
 
 from .types import Position
 
@@ -107,6 +111,45 @@ class SnapshotInfo(NamedTuple):
     size: int
 
 
+class _Checkpointer:
+    """Copies the WAL back into the database file in a thread of its own, every
+    ``every`` commits, so that no commit waits for it (a passive checkpoint on its own
+    connection never blocks the node's writes)."""
+
+    def __init__(self, path: Path, every: int = 200) -> None:
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._every = every
+        self._commits = 0  # since the last request, counted by the committing thread
+        self._wake = threading.Event()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="checkpoint", daemon=True)
+        self._thread.start()
+
+    def committed(self) -> None:
+        """Count a commit (the caller holds the store's publish lock)."""
+        self._commits += 1
+        if self._commits >= self._every:
+            self._commits = 0
+            self._wake.set()
+
+    def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        self._thread.join()
+        self._db.close()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._closing:
+                return
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:  # e.g. a full disk: the WAL grows, commits go on
+                logger.warning("checkpoint of the store failed: {}; will try again", exc)
+
+
 class StoreError(Exception):
     """The store cannot be opened or used (a local problem the operator must fix)."""
 
@@ -135,8 +178,12 @@ class Store:
             # NORMAL in WAL mode survives a crash of this process (kill -9); FULL also
             # survives a power cut, at the cost of an fsync per commit.
             db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+            # No checkpoint inside a commit: SQLite's automatic one runs in the commit that
+            # fills the WAL and costs milliseconds (an fsync); _Checkpointer does it aside.
+            db.execute("PRAGMA wal_autocheckpoint = 0")
             db.executescript(_SCHEMA)
             self._init_meta()
+            self._checkpointer = _Checkpointer(self.path)
         except (sqlite3.Error, StoreError) as exc:
             if db is not None:
                 db.close()
@@ -258,6 +305,7 @@ class Store:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        self._checkpointer.committed()
 
     def _insert_many(
         self, statement: tuple[str, str, str], width: int, rows: Iterable[tuple[Any, ...]]
@@ -337,6 +385,9 @@ class Store:
         """Close the database and release the lock; idempotent."""
         if self._lock_file.closed:
             return
+        self._checkpointer.close()
+        with contextlib.suppress(sqlite3.Error):  # leave a short WAL behind, if we can
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.close()
         self._lock_file.close()
 
