@@ -333,9 +333,10 @@ MAX_LINE = 4096
 _READ_SIZE = 1 << 16
 
 
-def _chunks_of_lines(stdin: int, stderr: IO[str]) -> Iterator[list[bytes]]:
+def _chunks_of_lines(stdin: int, stderr: IO[str]) -> Iterator[bytes]:
     """The complete lines of each read from file descriptor ``stdin``, as they come (a burst
-    reads as one chunk); an over-long line is reported and skipped, never held in memory.
+    reads as one chunk), each chunk ending with its last newline; an over-long line is
+    reported and skipped, never held in memory.
 
     Reads the descriptor directly: no buffered reader, whose lock a thread blocked here would
     hold when the interpreter exits.
@@ -343,10 +344,11 @@ def _chunks_of_lines(stdin: int, stderr: IO[str]) -> Iterator[list[bytes]]:
     tail = b""
     skipping = False  # inside a line that was too long, until its end
     while data := os.read(stdin, _READ_SIZE):
-        lines = (tail + data).split(b"\n")
-        tail = lines.pop()
-        if skipping and lines:
-            lines.pop(0)  # the end of the over-long line
+        data = tail + data
+        end = data.rfind(b"\n") + 1
+        block, tail = data[:end], data[end:]
+        if skipping and block:
+            block = block[block.index(b"\n") + 1 :]  # the end of the over-long line
             skipping = False
         if len(tail) > MAX_LINE:
             tail = b""
@@ -354,17 +356,32 @@ def _chunks_of_lines(stdin: int, stderr: IO[str]) -> Iterator[list[bytes]]:
                 skipping = True
                 stderr.write(f"error: line longer than {MAX_LINE} characters ignored\n")
                 stderr.flush()
-        if lines:
-            yield lines
+        if block:
+            yield block
     if tail and not skipping:
-        yield [tail]  # a last line without its newline
+        yield tail + b"\n"  # a last line without its newline
 
 
 # A trade as typed, the common case, recognised by one regex on the raw bytes; anything
-# else (commands, errors) goes through console.parse_line.
-_TRADE = re.compile(
+# else (commands, errors) goes through console.parse_line. _TRADES finds every trade line of
+# a chunk in one call: when it finds as many as the chunk has lines, the chunk is all trades.
+_TRADE_LINE = (
     rb"[ \t]*([A-Za-z0-9._:/-]{1,32})[ \t]+([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)[ \t]*\r?"
 )
+_TRADE = re.compile(_TRADE_LINE)
+_TRADES = re.compile(rb"^" + _TRADE_LINE + rb"$", re.MULTILINE)
+
+
+def _all_trades(block: bytes) -> list[tuple[str, float, None]] | None:
+    """The trades of a chunk if every line of it is a valid trade, else None."""
+    pairs = _TRADES.findall(block)
+    if len(pairs) != block.count(b"\n"):
+        return None
+    trades = [(symbol.decode(), float(quantity), None) for symbol, quantity in pairs]
+    for _, quantity, _ in trades:
+        if not quantity or quantity - quantity != 0.0:  # zero, or not finite
+            return None
+    return trades
 
 
 def run_console(node: Node, stdin: int, stderr: IO[str]) -> None:
@@ -375,9 +392,18 @@ def run_console(node: Node, stdin: int, stderr: IO[str]) -> None:
     """
     unflushed = False  # trades submitted since the last query
     match = _TRADE.fullmatch
-    for lines in _chunks_of_lines(stdin, stderr):
+    for block in _chunks_of_lines(stdin, stderr):
+        fast = _all_trades(block)
+        if fast is not None:  # the common case: a burst of trades and nothing else
+            node.submit_many(fast)
+            unflushed = True
+            continue
         trades: list[tuple[str, float, None]] = []
-        for raw in lines:
+        for raw in block.split(b"\n")[:-1]:
+            if len(raw) > MAX_LINE:
+                stderr.write(f"error: line longer than {MAX_LINE} characters ignored\n")
+                stderr.flush()
+                continue
             found = match(raw)
             if found is not None:
                 quantity = float(found[2])
