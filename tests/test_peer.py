@@ -17,18 +17,12 @@ from position_distributor.peer import Connection, Limits, Peer
 from position_distributor.types import Position
 from position_distributor.wire import Heartbeat, Hello, SyncDone, encode, encode_positions
 
+from .inproc import FAST_LIMITS
 from .procs import free_port
 from .rawpeer import RawListener, RawPeer
 from .waiting import Recorder, capture_logs, wait_until
 
-FAST = Limits(
-    heartbeat_interval=0.05,
-    idle_timeout=2.0,
-    hello_timeout=2.0,
-    connect_timeout=1.0,
-    backoff_min=0.01,
-    backoff_max=0.1,
-)
+FAST = FAST_LIMITS
 
 
 class Events(Recorder):
