@@ -291,8 +291,8 @@ class Store:
         db = self._db
         db.execute("BEGIN")
         try:
-            self._insert_many(_UPSERT_ROWS, 4, positions)
-            self._insert_many(_JOURNAL_ROWS, 6, journal)
+            self._insert_many(_UPSERT_ROWS, positions)
+            self._insert_many(_JOURNAL_ROWS, journal)
             if bases:
                 db.executemany(
                     "INSERT OR REPLACE INTO bases (symbol, net_position, timestamp)"
@@ -308,7 +308,7 @@ class Store:
         self._checkpointer.committed()
 
     def _insert_many(
-        self, statement: tuple[str, str, str], width: int, rows: Iterable[tuple[Any, ...]]
+        self, statement: tuple[str, str, str], rows: Iterable[tuple[Any, ...]]
     ) -> None:
         """Run an insert for many rows, ``_ROWS_PER_STATEMENT`` at a time: one statement for
         many rows costs SQLite and the sqlite3 module half as much per row as executemany.
