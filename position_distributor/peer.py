@@ -7,9 +7,12 @@ Threads, one job each:
   in place, and redials forever after a drop, with exponential backoff and jitter;
 - ``recv-…``: a connection's blocking reader: bytes -> protocol -> events fired;
 - ``send-…``: a connection's writer: drains its queue and writes everything queued in one
-  ``sendall``; sends a heartbeat when the connection has been idle.
+  ``sendall``; sends a heartbeat when the connection has been idle. (When the writer has
+  nothing queued, ``Connection.send`` writes at once, in the caller's thread, what the socket
+  takes without blocking, and queues the rest: one wake-up less per message.)
 
-At most one live connection per peer strategy (see ``_register``).
+At most one live connection per peer strategy (see ``_register``). The side that accepts a
+connection speaks only after the dialler's Hello (see ``protocol.py``).
 """
 
 from __future__ import annotations
