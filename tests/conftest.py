@@ -14,6 +14,8 @@ from .inproc import Nodes
 from .procs import Cluster
 from .rawpeer import RawPeer
 
+pytest_plugins = ["tests.nats_support"]
+
 settings.register_profile("default", max_examples=100, deadline=None)
 settings.register_profile(
     "long", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
