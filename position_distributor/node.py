@@ -20,6 +20,7 @@ import janus
 from loguru import logger
 
 from . import auth
+from .aioloop import AioLoop
 from .dispatcher import EventDispatcher
 from .engine import DEFAULT_MAX_SYMBOLS, Engine, Output, Subscriber
 from .peer import Limits, Peer, PeerStatus
@@ -208,6 +209,7 @@ class Node:
         # Called (from the failed thread) when the node can no longer work; the CLI stops.
         self.on_failure: Callable[[str], None] | None = None
         self._timer: threading.Thread | None = None
+        self._aio: AioLoop | None = None  # started by the first asyncio service (aioloop())
         # Mutex serializing start() and stop().
         self._lock = threading.Lock()
 
@@ -343,6 +345,8 @@ class Node:
         with self._lock:
             if self._state != "running":
                 self._state = "stopped"
+                if self._aio is not None:
+                    self._aio.stop()
                 return
             self._state = "stopping"
             assert self._engine and self._peer and self._store
@@ -351,6 +355,8 @@ class Node:
                 self._timer.join()
             self._engine.stop_trades()
             self._peer.stop()
+            if self._aio is not None:
+                self._aio.stop()  # its services' stop hooks first: within a second
             self._engine.stop()
             self._store.close()
             self._state = "stopped"
@@ -470,6 +476,24 @@ class Node:
         """Every change applied from now on (own trades and peers' updates), in order, as an
         async iterator for asyncio code (a dashboard, a risk job); see ``Updates``."""
         return Updates(self._started(), maxsize)
+
+    def aioloop(self) -> AioLoop:
+        """The node's one asyncio loop thread, started on first use (``--http``, ``--nats``).
+
+        Stopped by ``stop()`` after the peers and before the engine, so its services' stop
+        hooks (``AioLoop.on_stop``) can still read the book; see ``aioloop.py``.
+        """
+        with self._lock:
+            if self._state not in ("new", "running"):
+                raise NodeError(f"node {self.name} is {self._state}")
+            return self._ensure_aioloop()
+
+    def _ensure_aioloop(self) -> AioLoop:
+        """The asyncio loop thread, started now if needed. Caller holds the node lock."""
+        assert self._lock.locked()
+        if self._aio is None:
+            self._aio = AioLoop().start()
+        return self._aio
 
     def _started(self) -> Engine:
         if self._engine is None or self._state not in ("running", "stopping"):
