@@ -92,8 +92,10 @@ def test_stop_is_quick_idempotent_and_ends_the_thread(no_thread_leak: None) -> N
     aio = AioLoop().start()
     cancelled = threading.Event()
     hooked = threading.Event()
+    running = threading.Event()
 
     async def forever() -> None:
+        running.set()
         try:
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
@@ -106,6 +108,7 @@ def test_stop_is_quick_idempotent_and_ends_the_thread(no_thread_leak: None) -> N
 
     aio.spawn(forever(), "forever")
     aio.on_stop(slow_hook)
+    assert running.wait(5)
     with capture_logs("ERROR") as logs:
         started = time.monotonic()
         aio.stop(timeout=0.5)
