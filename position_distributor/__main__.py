@@ -21,6 +21,7 @@ from .console import HELP, Command, ConsoleError, parse_line
 from .engine import DEFAULT_MAX_SYMBOLS
 from .node import Config, Node, NodeError
 from .peer import Limits
+from .protocol import MAX_PEER_HEARTBEAT_MS
 from .snapshots import format_time
 from .types import format_row
 from .wire import DEFAULT_MAX_FRAME_SIZE
@@ -187,8 +188,8 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         type=_seconds,
         default=1.0,
-        help="heartbeat interval on idle connections; a peer silent for 5 intervals is"
-        " dropped and redialled (default: 1)",
+        help="heartbeat interval on idle connections, at most 60; a peer silent for 5"
+        " intervals is dropped and redialled (default: 1)",
     )
     parser.add_argument(
         "--hello-timeout",
@@ -279,8 +280,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
     """Parse the command line into a Config; exit 2 with one line on stderr if it is bad."""
     parser = _build_parser()
     args = parser.parse_args(argv)
-    if args.heartbeat <= 0:
-        parser.error("--heartbeat must be above 0")
+    if not 0 < args.heartbeat <= MAX_PEER_HEARTBEAT_MS / 1000:
+        parser.error(
+            f"--heartbeat must be above 0 and at most {MAX_PEER_HEARTBEAT_MS // 1000}"
+            " (peers refuse a slower one)"
+        )
     if args.hello_timeout <= 0:
         parser.error("--hello-timeout must be above 0")
     if args.max_frame_size < 1024:

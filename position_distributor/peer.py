@@ -32,6 +32,7 @@ from loguru import logger
 
 from .dispatcher import Event, EventDispatcher
 from .protocol import Protocol, Ready, RemoteProtocolError
+from .throttle import Throttle
 from .transport import TlsTransport, Transport
 from .wire import DEFAULT_MAX_FRAME_SIZE, Heartbeat, encode
 
@@ -74,6 +75,13 @@ class PeerStatus(NamedTuple):
     address: str
     state: str
     last_heard: float | None  # seconds since anything was received, if connected
+
+
+def _more(unsaid: int, interval: float) -> str:
+    """What a throttled line adds: how many like it were left unsaid."""
+    if not unsaid:
+        return ""
+    return f" ({unsaid} more like it in the last {interval:g}s, not shown)"
 
 
 def _describe(exc: BaseException) -> str:
@@ -390,14 +398,24 @@ class Connection:
             logger.log(level, "connection with {} at {} closed: {}", who, self.label, final)
             peer.dispatcher.fire(Event.CLOSED, self, final)
         elif not peer.stopping and not self.outbound:
-            # A dialled connection that failed is reported by its connector, once per change;
-            # a node that said its name, redialling us, is reported once per reason a minute,
-            # not at every retry; anything that never said a name, every time.
+            # A dialled connection that failed is reported by its connector, once per change.
+            # Refusals of inbound connections are throttled: a named peer once a minute per
+            # address and reason, anything unidentified once a minute per address, each
+            # line saying how many like it went unsaid; the rest at DEBUG.
             level = "INFO" if final.startswith(_DUPLICATE) else "WARNING"
-            if claimed is None or peer._first_refusal(self.address[0], who, final):
-                logger.log(level, "connection from {} at {} refused: {}", who, self.label, final)
-            else:
+            key = (self.address[0], who, final) if claimed else (self.address[0], None, None)
+            unsaid = peer.refusals.admit(key)
+            if unsaid is None:
                 logger.debug("connection from {} at {} refused: {}", who, self.label, final)
+            else:
+                logger.log(
+                    level,
+                    "connection from {} at {} refused: {}{}",
+                    who,
+                    self.label,
+                    final,
+                    _more(unsaid, peer.refusals.interval),
+                )
 
     def _send_frames(self) -> None:
         """Writer thread: drain the queue, write everything queued in one ``sendall``."""
@@ -502,8 +520,9 @@ class Peer:
         self._live: dict[str, Connection] = {}  # peer strategy -> its one live connection
         self._all: set[Connection] = set()  # every open connection, handshaken or not
         self._readers: set[threading.Thread] = set()
-        # Inbound refusals lately logged: (host, who, reason) -> when, for _first_refusal.
-        self._refusals: dict[tuple[str, str, str], float] = {}
+        # Inbound refusals: said once per interval per (host, who, reason), or per host for
+        # unidentified peers; see Connection._finish.
+        self.refusals = Throttle(_REFUSAL_LOG_INTERVAL)
         # Peers that dialled us and left: strategy -> (address, state), for status().
         self._departed: dict[str, tuple[str, str]] = {}
         # Snapshot of _live's values, replaced (never mutated) under the lock, read without it.
@@ -566,6 +585,15 @@ class Peer:
             readers = list(self._readers)
         for thread in readers:
             thread.join()
+        for key, count in self.refusals.unsaid():
+            what = f"{count} more connection(s)"
+            if isinstance(key, tuple) and len(key) == 3:
+                host, who, reason = key
+                what += f" from {who or 'unidentified peers'} at {host} refused"
+                what += f" ({reason})" if reason else ""
+            else:
+                what += " refused for want of room"
+            logger.info("{} (not shown)", what)
 
     def configured(self) -> list[str | None]:
         """The strategy at each configured address, as far as known (None: not yet)."""
@@ -664,18 +692,6 @@ class Peer:
             replaced.close(why)
         return None
 
-    def _first_refusal(self, host: str, who: str, reason: str) -> bool:
-        """Whether this refusal is news: not seen for this host, peer and reason lately."""
-        now = time.monotonic()
-        key = (host, who, reason)
-        with self._lock:
-            last = self._refusals.get(key)
-            self._refusals[key] = now
-            if len(self._refusals) > 1024:  # bounded: forget the oldest half
-                for old in sorted(self._refusals, key=self._refusals.__getitem__)[:512]:
-                    del self._refusals[old]
-        return last is None or now - last > _REFUSAL_LOG_INTERVAL
-
     def _unregister(self, conn: Connection, reason: str) -> None:
         with self._lock:
             self._all.discard(conn)
@@ -704,12 +720,15 @@ class Peer:
                 with self._lock:
                     full = len(self._all) >= self.limits.max_connections
                 if full:
-                    logger.warning(
-                        "refusing connection from {}:{}: {} connections open (the maximum)",
-                        address[0],
-                        address[1],
-                        self.limits.max_connections,
-                    )
+                    unsaid = self.refusals.admit(("full",))
+                    if unsaid is not None:
+                        logger.warning(
+                            "refusing connection from {}:{}: {} connections open (the maximum){}",
+                            address[0],
+                            address[1],
+                            self.limits.max_connections,
+                            _more(unsaid, self.refusals.interval),
+                        )
                     sock.close()
                     continue
                 conn = Connection(self, sock, address[:2])

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from . import auth
 from .types import Position, invalid_position_reason, valid_strategy
@@ -48,12 +48,24 @@ from .wire import (
 )
 
 __all__ = [
+    "MAX_FIRST_FRAME",
+    "MAX_PEER_HEARTBEAT_MS",
     "LocalProtocolError",
     "Protocol",
     "Ready",
     "RemoteProtocolError",
     "State",
 ]
+
+
+# Before a peer has proven itself (its Hello accepted and, with a cluster secret, its proof
+# verified) its frames may be this large at most: a Hello or an Auth takes well under 200
+# bytes, so a stranger cannot make the node buffer more than this before it is known.
+MAX_FIRST_FRAME: Final = 4096
+# The slowest heartbeat a peer may announce (the node's own --heartbeat has the same bound):
+# silence is judged over 5 of the peer's intervals, so this bounds how long a silent
+# connection is kept.
+MAX_PEER_HEARTBEAT_MS: Final = 60_000
 
 
 class RemoteProtocolError(Exception):
@@ -113,7 +125,8 @@ class Protocol:
         self.state = State.HELLO
         self.peer: Hello | None = None
         self._nonce = auth.new_nonce() if secrets else b""
-        self._decoder = Decoder(max_frame_size)
+        self._max_frame_size = max_frame_size  # once the peer has proven itself
+        self._decoder = Decoder(min(max_frame_size, MAX_FIRST_FRAME))
         self._outgoing: list[bytes] = []
 
     @property
@@ -211,6 +224,11 @@ class Protocol:
             )
         if hello.listen_port > 65535:
             raise RemoteProtocolError(f"invalid listen port {hello.listen_port} in Hello")
+        if hello.heartbeat_ms > MAX_PEER_HEARTBEAT_MS:
+            raise RemoteProtocolError(
+                f"peer asks for a heartbeat interval of {hello.heartbeat_ms / 1000:g}s, above"
+                f" the {MAX_PEER_HEARTBEAT_MS // 1000}s this node allows"
+            )
         names = self.certified_names
         if names is not None and hello.strategy not in names:
             raise RemoteProtocolError(
@@ -223,8 +241,7 @@ class Protocol:
                 raise RemoteProtocolError(
                     "peer requires a cluster secret and this node has none (--secret-file)"
                 )
-            self.state = State.SYNC
-            return Ready(hello)
+            return self._ready()
         if len(hello.nonce) != auth.NONCE_SIZE:
             raise RemoteProtocolError(
                 "peer sent no authentication nonce: it has no cluster secret, this node"
@@ -255,7 +272,13 @@ class Protocol:
             raise RemoteProtocolError(
                 "authentication failed: the peer's proof does not match the cluster secret"
             )
+        return self._ready()
+
+    def _ready(self) -> Ready:
+        """The peer has proven itself: its frames may now be as large as any."""
+        assert self.peer is not None
         self.state = State.SYNC
+        self._decoder.max_frame_size = self._max_frame_size
         return Ready(self.peer)
 
     def _on_sync_position(self, position: Message) -> Event:

@@ -48,8 +48,12 @@ class Pair(NamedTuple):
 
 @pytest.fixture
 def pair(cluster: Cluster) -> Iterator[Pair]:
-    """A (listening) and B (dialling A), each with one position, converged."""
-    a = cluster.add(A, recovery_timeout=0.5)
+    """A (listening) and B (dialling A), each with one position, converged.
+
+    A logs at DEBUG: refusals after the first from one address are throttled to DEBUG lines
+    (see test_strangers.py), and each test here checks A's line about every connection.
+    """
+    a = cluster.add(A, recovery_timeout=0.5, args=["--log-level", "DEBUG"])
     b = cluster.add(B, peers=[a.port], recovery_timeout=0.5)
     a.type("AAPL 100")
     b.type("MSFT 50")
