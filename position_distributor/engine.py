@@ -593,12 +593,16 @@ class Engine:
         recover for); a stop with trades waiting still waits, so they apply on what is known.
         """
         expected = len(self._peer.configured())
-        logger.warning(
-            "store is new or was lost: holding trades until {} sent our positions back"
-            " (at most {:g}s)",
-            f"{expected} configured peer(s) have" if expected else "the first peer to connect has",
-            self._recovery_timeout,
-        )
+        if self._recovery_timeout > 0:
+            # INFO: the first start of every node looks like this; only the outcome may warn.
+            logger.info(
+                "store is new or was lost: holding trades until {} sent our positions back"
+                " (at most {:g}s)",
+                f"{expected} configured peer(s) have"
+                if expected
+                else "the first peer to connect has",
+                self._recovery_timeout,
+            )
         deadline = time.monotonic() + self._recovery_timeout
         with self._synced_cond:
             while True:
@@ -618,22 +622,58 @@ class Engine:
                 return False
         with self._book_lock:
             own = self._book.count(self.name)
-        if synced:
-            logger.warning(
-                "recovery done: synced with {}; {} own position(s) recovered; applying trades",
-                ", ".join(synced),
-                own,
-            )
-        else:
-            logger.warning(
-                "recovery timeout after {:g}s: no peer synced; starting with {} own position(s)",
-                self._recovery_timeout,
-                own,
-            )
+        self._say_how_recovery_ended(synced, expected, own)
         with self._publish_lock:
             self._store.mark_recovered()
         self.recovering = False
         return True
+
+    def _say_how_recovery_ended(self, synced: list[str], expected: int, own: int) -> None:
+        """Log the end of the recovery window in words that match what happened.
+
+        A warning only when something may be missing (a configured peer never synced) or
+        was missing (own positions came back: the store had lost them); the first start of
+        a new cluster, or a window of 0s, is told at INFO.
+        """
+        timeout = self._recovery_timeout
+        if timeout <= 0:
+            logger.info(
+                "store is new or was lost; --recovery-timeout 0: applying trades at once,"
+                " without waiting for peers ({} own position(s) held)",
+                own,
+            )
+            return
+        with self._synced_cond:
+            missing = sum(1 for name in self._peer.configured() if name not in self._synced)
+        if synced and not missing:
+            log = logger.warning if own else logger.info
+            log(
+                "recovery done: synced with {}; {} own position(s) recovered; applying trades",
+                ", ".join(synced),
+                own,
+            )
+        elif synced:
+            logger.warning(
+                "recovery timeout after {:g}s: synced with {}, not with {} configured peer(s);"
+                " starting with {} own position(s)",
+                timeout,
+                ", ".join(synced),
+                missing,
+                own,
+            )
+        elif expected:
+            logger.warning(
+                "recovery timeout after {:g}s: no peer synced; starting with {} own position(s)",
+                timeout,
+                own,
+            )
+        else:
+            logger.info(
+                "recovery timeout after {:g}s: no peer synced; starting with {} own position(s)"
+                " (no peer is configured: the first node of a new cluster)",
+                timeout,
+                own,
+            )
 
 
 def _message_count(item: tuple[Connection, list[Any]]) -> int:

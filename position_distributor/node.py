@@ -333,7 +333,9 @@ class Node:
         if checks:
             logger.info("peers must prove who they are: {}", " and ".join(checks))
         else:
-            logger.warning(
+            # On a loopback address (the default) this is the normal local setup: INFO.
+            log = logger.info if _is_loopback(config.bind) else logger.warning
+            log(
                 "no --secret-file or TLS: any process that can reach {}:{} can read and write"
                 " positions",
                 config.bind,

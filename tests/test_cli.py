@@ -388,3 +388,77 @@ def test_stored_view_is_printed_at_start(cluster: Cluster) -> None:
     cluster.restart(A)
     a.wait_for_rows(view)
     assert len(a.rows()) == len(view)
+
+
+# The first start of a new cluster.
+
+LEVELS = re.compile(r"^\S+ \S+ \| (\w+)\s*\|")
+
+
+def warnings_and_errors(node: NodeProcess) -> list[str]:
+    """The stderr lines of ``node`` logged at WARNING or above."""
+    return [
+        line
+        for line in node.errors
+        if (found := LEVELS.match(line)) and found[1] in ("WARNING", "ERROR", "CRITICAL")
+    ]
+
+
+def test_the_first_start_of_a_new_cluster_is_calm(cluster: Cluster) -> None:
+    """Two brand-new nodes, the first with no peer and the second dialling it, start and
+    trade with no WARNING or ERROR, and their recovery lines say what happened."""
+    first = cluster.add(A, recovery_timeout=1.5)
+    first.wait_for_log("holding trades until the first peer to connect has sent")
+    second = cluster.add(B, peers=[first.port], recovery_timeout=5)
+    first.type("AAPL 100")
+    second.type("MSFT -50")
+    cluster.wait_for_view({(A, "AAPL"): 100.0, (B, "MSFT"): -50.0}, [first, second])
+    first_done = first.wait_for_log("recovery done")
+    second_done = second.wait_for_log("recovery done")
+    for node in (first, second):
+        node.sync_stderr()  # every line logged so far has been read
+        assert warnings_and_errors(node) == [], node.describe()
+        assert any("INFO" in line and "no --secret-file or TLS" in line for line in node.errors)
+    assert second.stop() == 0 and first.stop() == 0
+
+    assert "INFO" in first_done and "synced with strategy_2; 0 own position(s)" in first_done
+    assert "INFO" in second_done and "synced with strategy_1; 0 own position(s)" in second_done
+
+
+def test_a_lone_first_node_says_no_peer_is_configured_when_its_window_ends(
+    cluster: Cluster,
+) -> None:
+    """A new node with no peers whose window ends with nobody connected says, at INFO, that
+    it starts as the first node of a new cluster."""
+    node = cluster.add(A, recovery_timeout=0.3)
+    node.type("AAPL 1")
+    node.wait_for_view({(A, "AAPL"): 1.0})
+    line = node.wait_for_log("recovery timeout")
+    assert node.stop() == 0
+
+    assert "INFO" in line
+    assert "after 0.3s: no peer synced; starting with 0 own position(s)" in line
+    assert "the first node of a new cluster" in line
+    assert warnings_and_errors(node) == [], node.describe()
+
+
+def test_a_recovery_timeout_of_0_applies_at_once_and_says_so_calmly(cluster: Cluster) -> None:
+    """``--recovery-timeout 0`` on a new store holds nothing, says so at INFO, warns of nothing."""
+    node = cluster.add(A, peers=[free_port()], recovery_timeout=0)  # a peer that never answers
+    node.type("AAPL 1")
+    node.wait_for_view({(A, "AAPL"): 1.0})
+    line = node.wait_for_log("--recovery-timeout 0")
+    assert node.stop() == 0
+
+    assert "INFO" in line and "applying trades at once, without waiting for peers" in line
+    assert node.log_lines("holding trades") == []
+    assert warnings_and_errors(node) == [], node.describe()
+
+
+def test_a_node_whose_configured_peer_never_syncs_warns_at_the_timeout(cluster: Cluster) -> None:
+    """A new node whose configured peer never answers warns when its window times out."""
+    node = cluster.add(A, peers=[free_port()], recovery_timeout=0.3)
+    line = node.wait_for_log("recovery timeout")
+    assert node.stop() == 0
+
+    assert "WARNING" in line and "no peer synced; starting with 0 own position(s)" in line

@@ -341,6 +341,25 @@ def test_recovery_ends_after_the_timeout_when_no_peer_syncs(nodes: Nodes) -> Non
     assert timeout_line < lines.index("TRADE applied")
 
 
+def test_a_timeout_with_some_configured_peers_synced_names_them_and_counts_the_rest(
+    nodes: Nodes,
+) -> None:
+    """A window that times out with one of two configured peers synced says just that."""
+    listener = RawListener()
+    dead_port = listener.port
+    listener.close()  # nothing listens there any more
+    beta, _ = nodes.start("beta")
+    with capture_logs("INFO") as logs:
+        node, _ = nodes.start("alpha", peers=(beta.port, dead_port), recovery_timeout=0.5)
+        result = node.trade("AAPL", 1).result(timeout=5)
+        line = logs.wait_for_text("recovery timeout")
+
+    assert result.net_position == 1.0
+    assert "after 0.5s: synced with beta, not with 1 configured peer(s)" in line
+    assert "starting with 0 own position(s)" in line
+    assert logs.lines_with("recovery done") == []
+
+
 def test_a_node_without_configured_peers_waits_for_the_first_sync_plus_a_grace(
     nodes: Nodes, tmp_path: Path
 ) -> None:
