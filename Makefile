@@ -11,7 +11,7 @@ PEERS ?=
 DATA_DIR ?= data
 ARGS ?=
 
-.PHONY: install run test check bench proto lint format clean
+.PHONY: install run test check bench docs proto lint format clean
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ check: lint $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
+
+# The generated parts of docs/cli.md (the --help texts); tests/test_docs.py fails when stale.
+docs: $(STAMP)
+	$(BIN)/python tools/cli_doc.py
 
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=position_distributor \

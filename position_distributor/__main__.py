@@ -19,6 +19,7 @@ from loguru import logger
 
 from .console import HELP, Command, ConsoleError, parse_line
 from .engine import DEFAULT_MAX_SYMBOLS
+from .helpformat import HelpFormatter
 from .node import Config, Node, NodeError
 from .peer import Limits
 from .protocol import MAX_PEER_HEARTBEAT_MS
@@ -131,7 +132,7 @@ def _build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description=DESCRIPTION,
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("name", metavar="NAME", help="this node's strategy, e.g. strategy_1")
     parser.add_argument("port", metavar="PORT", type=_port, help="port to listen on for peers")
@@ -184,29 +185,6 @@ def _build_parser() -> argparse.ArgumentParser:
         " older copy)",
     )
     parser.add_argument(
-        "--heartbeat",
-        metavar="SECONDS",
-        type=_seconds,
-        default=1.0,
-        help="heartbeat interval on idle connections, at most 60; a peer silent for 5"
-        " intervals is dropped and redialled (default: 1)",
-    )
-    parser.add_argument(
-        "--hello-timeout",
-        metavar="SECONDS",
-        type=_seconds,
-        default=Limits.hello_timeout,
-        help="how long a new connection has to complete its handshake"
-        f" (default: {Limits.hello_timeout:g})",
-    )
-    parser.add_argument(
-        "--max-frame-size",
-        metavar="BYTES",
-        type=int,
-        default=DEFAULT_MAX_FRAME_SIZE,
-        help=f"largest frame accepted from a peer (default: {DEFAULT_MAX_FRAME_SIZE})",
-    )
-    parser.add_argument(
         "--relay",
         action="store_true",
         help="forward every change to the other peers and include every strategy's positions"
@@ -252,14 +230,42 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow a non-loopback --bind with neither a secret nor TLS",
     )
-    security.add_argument(
+    limits = parser.add_argument_group(
+        "timeouts and limits",
+        "How long a peer may stay silent or take to shake hands, and how much it may send or"
+        " hold; the defaults suit most clusters.",
+    )
+    limits.add_argument(
+        "--heartbeat",
+        metavar="SECONDS",
+        type=_seconds,
+        default=1.0,
+        help="heartbeat interval on idle connections, at most 60; a peer silent for 5"
+        " intervals is dropped and redialled (default: 1)",
+    )
+    limits.add_argument(
+        "--hello-timeout",
+        metavar="SECONDS",
+        type=_seconds,
+        default=Limits.hello_timeout,
+        help="how long a new connection has to complete its handshake"
+        f" (default: {Limits.hello_timeout:g})",
+    )
+    limits.add_argument(
+        "--max-frame-size",
+        metavar="BYTES",
+        type=int,
+        default=DEFAULT_MAX_FRAME_SIZE,
+        help=f"largest frame accepted from a peer (default: {DEFAULT_MAX_FRAME_SIZE})",
+    )
+    limits.add_argument(
         "--max-connections",
         metavar="N",
         type=int,
         default=Limits.max_connections,
         help=f"connections open at once, handshaking or not (default: {Limits.max_connections})",
     )
-    security.add_argument(
+    limits.add_argument(
         "--max-symbols",
         metavar="N",
         type=int,

@@ -1,7 +1,7 @@
 """Read a node's snapshots without a running node: list, show, export as CSV or JSON.
 
-``python -m position_distributor.snapshots DATA_DIR list``
-``python -m position_distributor.snapshots DATA_DIR show ID``
+``python -m position_distributor.snapshots DATA_DIR [--name NAME] list``
+``python -m position_distributor.snapshots DATA_DIR show ID [--name NAME]``
 ``python -m position_distributor.snapshots DATA_DIR export ID --csv FILE``
 ``python -m position_distributor.snapshots DATA_DIR export ID --format json [--output FILE]``
 
@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from .helpformat import HelpFormatter
 from .store import SnapshotInfo
 from .types import Position, format_row
 
@@ -118,19 +119,54 @@ class _ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{PROG}: error: {message} (see --help)\n")
 
 
+NAME_HELP = "the strategy whose store to read; needed if DATA_DIR holds several stores"
+EPILOG = """\
+examples:
+  python -m position_distributor.snapshots data --name strategy_1 list
+  python -m position_distributor.snapshots data show 1 --name strategy_1
+  python -m position_distributor.snapshots data export 1 --format json --output close.json
+
+exit status: 0 on success, 1 for a missing data dir, store or snapshot, 2 for a usage error."""
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    parser.add_argument("data_dir", metavar="DATA_DIR", type=Path, help="the node's --data-dir")
-    parser.add_argument("--name", help="the strategy whose store to read (if DATA_DIR has several)")
+    parser = _ArgumentParser(
+        prog=PROG,
+        description=__doc__.splitlines()[0]
+        + " The store is opened read-only, so this is safe while the node runs.",
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument(
+        "data_dir", metavar="DATA_DIR", type=Path, help="the node's --data-dir, e.g. data"
+    )
+    parser.add_argument("--name", metavar="NAME", help=NAME_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("list", help="every snapshot: id, time, label, size")
-    show = commands.add_parser("show", help="a snapshot's positions as rows")
-    show.add_argument("id", type=int)
-    export = commands.add_parser("export", help="a snapshot's positions as CSV or JSON")
-    export.add_argument("id", type=int)
-    export.add_argument("--csv", metavar="FILE", type=Path, help="write CSV to FILE")
-    export.add_argument("--format", choices=("csv", "json"), default=None)
-    export.add_argument("--output", "-o", metavar="FILE", type=Path, help="default: stdout")
+
+    def command(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=description)
+        # Also after the command; SUPPRESS keeps a --name given before it.
+        sub.add_argument("--name", metavar="NAME", default=argparse.SUPPRESS, help=NAME_HELP)
+        return sub
+
+    command("list", "every snapshot: id, time, label, size", "List every snapshot, oldest first.")
+    show = command("show", "a snapshot's positions as rows", "Print a snapshot's positions.")
+    show.add_argument("id", metavar="ID", type=int, help="the snapshot's id, as list shows it")
+    export = command(
+        "export",
+        "a snapshot's positions as CSV or JSON",
+        "Write a snapshot's positions as CSV (strategy,symbol,net_position,timestamp) or JSON.",
+    )
+    export.add_argument("id", metavar="ID", type=int, help="the snapshot's id, as list shows it")
+    export.add_argument(
+        "--format", choices=("csv", "json"), default=None, help="what to write (default: csv)"
+    )
+    export.add_argument(
+        "--output", "-o", metavar="FILE", type=Path, help="write to FILE (default: stdout)"
+    )
+    export.add_argument(
+        "--csv", metavar="FILE", type=Path, help="the same as --format csv --output FILE"
+    )
     return parser
 
 
@@ -150,9 +186,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, reader: SnapshotReader, parser: argparse.ArgumentParser) -> int:
     if args.command == "list":
-        for info in reader.all():
+        snapshots = reader.all()
+        for info in snapshots:
             sys.stdout.write(
                 f"{info.id} | {format_time(info.taken_at_ns)} | {info.label} | {info.size}\n"
+            )
+        if not snapshots:
+            sys.stderr.write(
+                f"no snapshots in {reader.path} (take one with the console's snapshot command"
+                " or --snapshot-at)\n"
             )
         return 0
     info = reader.info(args.id)

@@ -1,0 +1,225 @@
+"""The docs work as written: every command and example in README.md and docs/*.md is run.
+
+Each fenced block says what it is in its info string: ``sh`` (commands, run), ``console``
+(a transcript: the ``$ `` lines are run), ``python`` (run as a script), ``text`` (output or
+a diagram, never run); ``illustrative`` after the language marks a block that cannot run in
+a test (a process killed by name, a service unit, a path outside the repository). The blocks
+of one file run in order in one temporary directory that looks like the repository's root
+(its files linked in, ``data/`` its own), with the walk-through's ports 12345-12349 replaced
+by free ones, stdin at end of input, and a deadline for each block.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .procs import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+RUN = {"sh", "console", "python"}
+KNOWN = RUN | {"text", "proto"}
+DEADLINE = 60.0  # seconds for one block; a node whose input ends stops in well under one
+DOC_PORTS = range(12345, 12350)
+# Never linked into the scratch directory: what a block may create, and the VCS.
+NOT_LINKED = {"data", ".git", ".hypothesis", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
+
+sys.path.insert(0, str(ROOT / "tools"))
+import cli_doc  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Block:
+    """One fenced block of a doc: where it starts, its info string and its text."""
+
+    path: Path
+    line: int
+    language: str
+    flags: tuple[str, ...]
+    body: str
+
+    @property
+    def runs(self) -> bool:
+        return self.language in RUN and "illustrative" not in self.flags
+
+    def where(self) -> str:
+        return f"{self.path.relative_to(ROOT)}:{self.line}"
+
+
+_FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>```+)(?P<info>[^`]*)$")
+
+
+def blocks(path: Path) -> Iterator[Block]:
+    """The fenced blocks of a Markdown file, in order (indented ones in lists too)."""
+    lines = path.read_text().splitlines()
+    i = 0
+    while i < len(lines):
+        opening = _FENCE.match(lines[i])
+        if opening is None:
+            i += 1
+            continue
+        indent, fence = opening["indent"], opening["fence"]
+        words = opening["info"].split()
+        body: list[str] = []
+        j = i + 1
+        while j < len(lines) and lines[j].strip() != fence:
+            body.append(lines[j].removeprefix(indent))
+            j += 1
+        assert j < len(lines), f"{path.relative_to(ROOT)}:{i + 1}: fence never closed"
+        yield Block(
+            path, i + 1, words[0] if words else "", tuple(words[1:]), "\n".join(body) + "\n"
+        )
+        i = j + 1
+
+
+def commands(block: Block) -> str:
+    """The shell script a block runs: an ``sh`` block as it is, a transcript's ``$ `` lines."""
+    if block.language == "sh":
+        return block.body
+    script: list[str] = []
+    continued = False
+    for line in block.body.splitlines():
+        if line.startswith("$ ") or continued:
+            script.append(line.removeprefix("$ "))
+            continued = line.endswith("\\")
+    return "\n".join(script) + "\n"
+
+
+def scratch_root(tmp_path: Path) -> Path:
+    """A directory that looks like the repository's root: its entries linked, no data."""
+    work = tmp_path / "repo"
+    work.mkdir()
+    for entry in ROOT.iterdir():
+        if entry.name not in NOT_LINKED:
+            (work / entry.name).symlink_to(entry)
+    return work
+
+
+def run_block(block: Block, work: Path, ports: dict[int, int]) -> subprocess.CompletedProcess[str]:
+    """Run one block in ``work`` with the doc ports mapped, stdin closed, within the deadline."""
+    text = commands(block) if block.language != "python" else block.body
+    text = re.sub(r"\b(1234[5-9])\b", lambda m: str(ports[int(m[1])]), text)
+    if block.language == "python":
+        script = work / f"block_{block.line}.py"
+        script.write_text(text)
+        argv = [sys.executable, str(script)]
+    else:
+        argv = ["bash", "-e", "-o", "pipefail", "-c", text]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PORT=str(ports[12345]))
+    env.pop("PD_SECRET_FILE", None)
+    env.pop("MAKEFLAGS", None)
+    proc = subprocess.Popen(
+        argv,
+        cwd=work,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group: a deadline stops all it started
+    )
+    try:
+        out, err = proc.communicate(timeout=DEADLINE)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{block.where()}: still running after {DEADLINE:g}s\n{text}\n{out}\n{err}")
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[str(d.relative_to(ROOT)) for d in DOCS])
+def test_every_block_says_what_it_is(doc: Path) -> None:
+    """Every fenced block names a known language, so no command escapes the test unmarked."""
+    unknown = [
+        f"{b.where()}: {b.language or '(no info string)'}"
+        for b in blocks(doc)
+        if b.language not in KNOWN
+    ]
+    assert unknown == [], "blocks without a known info string (sh, console, python, text...)"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("doc", DOCS, ids=[str(d.relative_to(ROOT)) for d in DOCS])
+def test_every_command_and_example_runs_as_written(doc: Path, tmp_path: Path) -> None:
+    """Every runnable block of the doc exits 0 when run as written, in order, in its deadline."""
+    work = scratch_root(tmp_path)
+    ports = {port: free_port() for port in DOC_PORTS}
+    for block in blocks(doc):
+        if not block.runs:
+            continue
+        result = run_block(block, work, ports)
+        assert result.returncode == 0, (
+            f"{block.where()}: exit status {result.returncode}\n--- block:\n{block.body}"
+            f"--- stdout:\n{result.stdout[-3000:]}\n--- stderr:\n{result.stderr[-3000:]}"
+        )
+        assert "Traceback" not in result.stderr, f"{block.where()}:\n{result.stderr}"
+
+
+def test_the_python_api_example_prints_what_the_doc_shows(tmp_path: Path) -> None:
+    """docs/api.md's example prints its documented lines, numbers aside, and ends in time."""
+    doc = ROOT / "docs" / "api.md"
+    found = list(blocks(doc))
+    [index] = [i for i, b in enumerate(found) if b.language == "python"]
+    example, shown = found[index], found[index + 1]
+    assert shown.language == "text"
+    result = run_block(example, scratch_root(tmp_path), {port: free_port() for port in DOC_PORTS})
+
+    def masked(text: str) -> list[str]:
+        return re.sub(r"\d+(\.\d+)?(e-?\d+)?", "N", text).splitlines()
+
+    assert result.returncode == 0, result.stderr
+    assert masked(result.stdout) == masked(shown.body)
+
+
+def test_cli_md_is_what_the_parsers_print_today() -> None:
+    """docs/cli.md's generated --help blocks match the parsers (else: run make docs)."""
+    text = cli_doc.CLI_MD.read_text()
+    assert text.count("<!-- generated: ") >= 2
+    assert cli_doc.render(text) == text, "docs/cli.md is stale: run make docs"
+
+
+def test_every_option_of_the_command_line_is_documented_in_cli_md() -> None:
+    """Every option in --help is also named in docs/cli.md's own text, outside the generated
+    --help (so a new flag gets a note, not only its help line)."""
+    text = cli_doc.CLI_MD.read_text()
+    generated = re.sub(r"<!-- generated: .*?<!-- end generated -->", "", text, flags=re.DOTALL)
+    help_text = cli_doc.generated("python -m position_distributor --help")
+    options = set(re.findall(r"(--[a-z][a-z-]+)", help_text)) - {"--help"}
+    missing = sorted(o for o in options if o not in generated)
+    assert missing == [], f"options with no note in docs/cli.md: {missing}"
+
+
+_LINK = re.compile(r"\]\((?!https?://|mailto:)(?P<target>[^)\s]+)\)")
+
+
+def _anchors(path: Path) -> set[str]:
+    """The anchors GitHub makes for a Markdown file's headings."""
+    anchors = set()
+    for block_free in re.sub(r"```.*?```", "", path.read_text(), flags=re.DOTALL).splitlines():
+        if block_free.startswith("#"):
+            title = block_free.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return anchors
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[str(d.relative_to(ROOT)) for d in DOCS])
+def test_every_link_between_the_docs_leads_somewhere(doc: Path) -> None:
+    """Every relative link of a doc names a file that exists, and a heading that exists."""
+    broken = []
+    for found in _LINK.finditer(doc.read_text()):
+        target = found["target"]
+        file_part, _, anchor = target.partition("#")
+        path = (doc.parent / file_part).resolve() if file_part else doc
+        missing_heading = anchor and path.suffix == ".md" and anchor not in _anchors(path)
+        if not path.exists() or missing_heading:
+            broken.append(target)
+    assert broken == [], f"{doc.relative_to(ROOT)}: broken links {broken}"
