@@ -268,6 +268,56 @@ def test_the_cli_says_what_is_wrong_in_one_line(cluster: Cluster, tmp_path: Path
     assert node.alive
 
 
+def test_the_cli_takes_name_before_or_after_its_command(cluster: Cluster, tmp_path: Path) -> None:
+    """``--name`` works before the command or after it (and after its arguments)."""
+    shared = tmp_path / "shared"
+    a = cluster.add("alpha", data_dir=shared)
+    cluster.add("beta", peers=[a.port], data_dir=shared)
+    take_snapshot(a, "from alpha")
+
+    before = ok(shared, "--name", "alpha", "list")
+    assert ok(shared, "list", "--name", "alpha") == before
+    assert before.split(" | ")[2] == "from alpha"
+    assert ok(shared, "show", "1", "--name", "alpha") == ok(shared, "--name", "alpha", "show", "1")
+    assert exported(shared, 1, "--name", "alpha")["label"] == "from alpha"
+    assert "no store for 'beta2'" in fails(shared, "list", "--name", "beta2")
+
+
+def test_the_cli_says_when_there_are_no_snapshots(cluster: Cluster) -> None:
+    """``list`` on a store without snapshots prints nothing on stdout, says so on stderr and
+    exits 0."""
+    node = cluster.add("alpha")
+    node.wait_for_log("listening on")
+    result = snapshots_cli(node.data_dir, "list")
+
+    assert result.returncode == 0 and result.stdout == ""
+    assert result.stderr.startswith(f"no snapshots in {node.data_dir / 'alpha.sqlite3'}")
+    assert len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "command", [(), ("DATA_DIR", "list"), ("DATA_DIR", "show"), ("DATA_DIR", "export")]
+)
+def test_the_cli_help_explains_every_argument(command: tuple[str, ...]) -> None:
+    """``--help`` of the reader and of each command gives every argument a description."""
+    result = snapshots_cli(*command, "--help")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    entries: dict[str, str] = {}
+    section = head = ""
+    for line in result.stdout.splitlines():
+        if line and not line.startswith(" "):
+            section = line
+        elif section in ("positional arguments:", "options:") and line.strip():
+            if re.match(r"  \S", line):
+                head, _, description = line.strip().partition("  ")
+                entries[head] = description.strip()
+            else:  # a description's next line, or a command listed under COMMAND
+                entries[head] = f"{entries[head]} {line.strip()}".strip()
+    assert entries, result.stdout
+    for head, description in entries.items():
+        assert len(description.split()) >= 2, f"{head!r} is not explained: {description!r}"
+
+
 # Node.snapshot() in-process.
 
 
