@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from .procs import free_port
+from .procs import Cluster, NodeProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -223,3 +224,104 @@ def test_every_link_between_the_docs_leads_somewhere(doc: Path) -> None:
         if not path.exists() or missing_heading:
             broken.append(target)
     assert broken == [], f"{doc.relative_to(ROOT)}: broken links {broken}"
+
+
+class MadeNode(NodeProcess):
+    """A node started by a README ``make run ...`` line, in a scratch repository root.
+
+    ``make`` stays the parent of the node's process; a kill -9 goes to the node itself, by
+    its PID (make's child), as the README's ``kill -9`` does.
+    """
+
+    def __init__(self, name: str, line: str, work: Path, port: int, ports: dict[int, int]):
+        super().__init__(name, port, data_dir=work / "data", env={"PORT": str(ports[12345])})
+        mapped = re.sub(r"\b(1234[5-9])\b", lambda m: str(ports[int(m[1])]), line)
+        self.argv = ["make", "--no-print-directory", "-C", str(work), *shlex.split(mapped)[1:]]
+
+    @property
+    def command(self) -> list[str]:
+        return self.argv
+
+    def kill(self) -> None:
+        """kill -9 of the node (make's child), by PID; make then exits too."""
+        assert self.proc is not None
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        [child] = children.split()
+        os.kill(int(child), signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+
+def walk_through_commands() -> list[str]:
+    """The commands of the README's walk-through that start nodes, in order."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Walk-through", 1)[1].split("\n## ", 1)[0]
+    found = [b for b in blocks(ROOT / "README.md") if b.runs and b.body.strip() in section]
+    return [line for b in found for line in b.body.splitlines() if line.strip()]
+
+
+def readme_output(first_line: str) -> list[str]:
+    """The lines of the README's walk-through output block from ``first_line`` to a blank."""
+    for block in blocks(ROOT / "README.md"):
+        lines = block.body.splitlines()
+        if block.language == "text" and first_line in lines:
+            start = lines.index(first_line)
+            end = lines.index("", start) if "" in lines[start:] else len(lines)
+            return lines[start + 1 : end]
+    raise AssertionError(f"no README output block with {first_line!r}")
+
+
+@pytest.mark.slow
+def test_the_readme_walk_through_runs_as_written(tmp_path: Path) -> None:
+    """The README's three ``make run`` lines make a mesh that prints what the README shows;
+    after a kill -9, the same command brings the node back with what it missed."""
+    lines = walk_through_commands()
+    assert [line.split()[:2] for line in lines] == [["make", "run"]] * 3, lines
+    work = scratch_root(tmp_path)
+    ports = {port: free_port() for port in DOC_PORTS}
+    cluster = Cluster(tmp_path)
+    names = ["strategy_1", "strategy_2", "strategy_3"]
+    try:
+        t1, t2, t3 = (
+            MadeNode(name, line, work, ports[12345 + i], ports)
+            for i, (name, line) in enumerate(zip(names, lines, strict=True))
+        )
+        for node in (t1, t2, t3):
+            node.cluster = cluster
+            cluster.nodes[node.name] = node
+            node.start()
+            node.wait_for_log(f"{node.name} listening on 127.0.0.1:{node.port}")
+        t1.type("AAPL 100")
+        t2.type("MSFT -50")
+        t3.type("BTC 500", "AAPL 25")
+        view = {
+            ("strategy_1", "AAPL"): 100.0,
+            ("strategy_2", "MSFT"): -50.0,
+            ("strategy_3", "BTC"): 500.0,
+            ("strategy_3", "AAPL"): 25.0,
+        }
+        cluster.wait_for_view(view, [t1, t2, t3])
+
+        def masked(lines: list[str]) -> list[str]:
+            text = "\n".join(lines)
+            text = re.sub(r"\b\d{19}\b", "TS", text)
+            text = re.sub(r"127\.0\.0\.1:\d+", "ADDR", text)
+            return re.sub(r"\d+\.\ds ago", "Ns ago", text).splitlines()
+
+        assert masked(t1.command_output("positions", "Current positions")) == masked(
+            readme_output("Current positions")
+        )
+        assert t1.command_output("exposure", "Exposure") == readme_output("Exposure")
+        assert masked(t1.command_output("peers", "Peers")) == masked(readme_output("Peers"))
+
+        t2.kill()
+        t3.wait_for_log("connection with strategy_2")
+        t1.type("AAPL -30")
+        view[("strategy_1", "AAPL")] = 70.0
+        cluster.wait_for_view(view, [t1, t3])
+        t2.start()  # the same command again
+        t2.wait_for_view(view)
+        t3.wait_for_log("connected to strategy_2", start=len(t3.errors_since()) - 1)
+        for node in (t3, t2, t1):
+            assert node.stop() == 0, node.describe()
+    finally:
+        cluster.close()
