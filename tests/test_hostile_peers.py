@@ -58,6 +58,8 @@ def pair(cluster: Cluster) -> Iterator[Pair]:
     a.type("AAPL 100")
     b.type("MSFT 50")
     cluster.wait_for_view(START, [a, b])
+    for node in (a, b):  # the marks come after every line logged so far (e.g. "connected to")
+        node.sync_stderr()
     yield Pair(a, b, (a.mark(), b.mark()))
 
 
