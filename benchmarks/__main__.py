@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     settings = Settings.quick() if args.quick else Settings()
     if args.runs is not None:
-        settings = dataclasses.replace(settings, runs=args.runs)
+        settings = dataclasses.replace(settings, runs=args.runs, w2_runs=args.runs)
     full = not args.quick and args.keys == list(WORKLOADS)
     update_docs = full if args.docs is None else args.docs
     started = dt.datetime.now().astimezone()
@@ -123,32 +123,50 @@ def main(argv: list[str] | None = None) -> int:
             for key in args.keys
         },
     }
-    need_latency = any(k in args.keys for k in ("W2", "W5"))
+    rounds = max(WORKLOADS[key].runs(settings) for key in args.keys)
     failed = False
-    for rnd in range(settings.runs):
-        _log(f"round {rnd + 1} of {settings.runs}")
+    for rnd in range(rounds):
+        _log(f"round {rnd + 1} of {rounds}")
+        keys = [key for key in args.keys if rnd < WORKLOADS[key].runs(settings)]
+        need_latency = any(k in keys for k in ("W2", "W5"))
         base = results["baseline"]
         modes = [("each", baseline_pipe, "each"), ("batched", baseline_pipe, "batched")]
+        pipe: dict[str, float] | None = None  # this round's batched pipe
         for name, fn, mode in modes:
             metrics, error = _attempt(f"bare pipe, {name}", fn, settings, mode, rnd)
             if metrics is not None:
                 base["runs"][name].append(metrics)
+                if name == "batched":
+                    pipe = metrics
             else:
                 base["errors"].append(error)
                 failed = True
+        latency: dict[str, float] | None = None  # this round's bare-pipe latency
         if need_latency:
             metrics, error = _attempt("bare pipe, latency", baseline_latency, settings, rnd)
             if metrics is not None:
                 base["runs"]["latency"].append(metrics)
+                latency = metrics
             else:
                 base["errors"].append(error)
                 failed = True
-        for key in args.keys:
+        for key in keys:
             entry = results["workloads"][key]
             if entry.get("error"):
                 continue  # a workload that failed once is not run again
             metrics, error = _attempt(f"{key} {entry['title']}", WORKLOADS[key].run, settings, rnd)
             if metrics is not None:
+                if pipe is not None and key in report.PIPE_RATIOS:
+                    # Against the pipe measured in the same round, minutes apart at most.
+                    metrics["pipe_ratio"] = metrics["trades_per_s"] / pipe["msgs_per_s"]
+                    metrics["cpu_ratio"] = metrics["cpu_bound_per_s"] / pipe["cpu_bound_per_s"]
+                    _log(
+                        f"    {key}: {metrics['pipe_ratio']:.3f} x this round's batched pipe"
+                        f" ({pipe['msgs_per_s']:,.0f} msgs/s); by CPU {metrics['cpu_ratio']:.3f}"
+                    )
+                if key == "W2" and latency is not None:
+                    # Was this a quiet round? The bare pipe's own p99, measured just before.
+                    metrics["pipe_p99_ms"] = latency["p99_ms"]
                 entry["runs"].append(metrics)
             else:
                 entry["error"] = error

@@ -1,6 +1,7 @@
 """Profile the node processes of a workload with py-spy, and say what takes their time.
 
     python -m benchmarks.profile W1 [--trades 100000] [--rate 250] [--gil]
+    python -m benchmarks.profile W1N [--trades 100000]   # a symbol per trade: no coalescing
     python -m benchmarks.profile W3 [--positions 100000]
     python -m benchmarks.profile W2 [--samples 2000]
 
@@ -40,6 +41,8 @@ from .workloads import (
     _one_at_a_time,
     _pair,
     _random_trades,
+    distinct_args,
+    distinct_trades,
 )
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -263,11 +266,18 @@ def summarize(
 
 def profile_w1(args: argparse.Namespace) -> str:
     rng = random.Random(0)
-    symbols = [f"SYM{i:03d}" for i in range(100)]
-    trades = _random_trades(rng, args.trades, symbols)
+    distinct = args.workload == "W1N"
+    if distinct:  # a symbol per trade: nothing coalesces
+        trades = distinct_trades(rng, args.trades)
+        node_args = distinct_args(args.trades)
+        over = "a symbol per trade"
+    else:
+        trades = _random_trades(rng, args.trades, [f"SYM{i:03d}" for i in range(100)])
+        node_args = []
+        over = "100 symbols"
     finals = _finals("strategy_1", trades)
     with Cluster("profile-w1") as c:
-        a, b, expected = _pair(c)
+        a, b, expected = _pair(c, node_args)
         for name in expected:
             expected[name].update(finals)
         sender_done, receiver_done = a.watch(finals), b.watch(finals)
@@ -283,7 +293,8 @@ def profile_w1(args: argparse.Namespace) -> str:
         c.check_views(expected)
         c.stop_and_check_stores(expected)
     head = (
-        f"W1 profile: {len(trades):,} trades over 100 symbols typed into strategy_1 (sender),"
+        f"{args.workload} profile: {len(trades):,} trades over {over} typed into strategy_1"
+        " (sender),"
         f" printed by strategy_2 (receiver) after {elapsed:.2f} s:"
         f" {len(trades) / elapsed:,.0f} trades/s under the profiler"
     )
@@ -374,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("workload", choices=["W1", "W2", "W3"], type=str.upper)
+    parser.add_argument("workload", choices=["W1", "W1N", "W2", "W3"], type=str.upper)
     parser.add_argument("--trades", type=int, default=100_000, help="W1 trades")
     parser.add_argument("--samples", type=int, default=2_000, help="W2 samples")
     parser.add_argument("--positions", type=int, default=Settings().w3_positions)
@@ -385,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     for old in RESULTS.glob(f"profile-{args.workload}-*.raw"):
         with contextlib.suppress(OSError):
             old.unlink()
-    run = {"W1": profile_w1, "W2": profile_w2, "W3": profile_w3}[args.workload]
+    run = {"W1": profile_w1, "W1N": profile_w1, "W2": profile_w2, "W3": profile_w3}[args.workload]
     text = run(args)
     suffix = "-gil" if args.gil else ""
     (RESULTS / f"profile-{args.workload}{suffix}.txt").write_text(text)

@@ -10,7 +10,17 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ROWS", "Check", "checks", "machine", "markdown_table", "summarize", "svg", "table"]
+__all__ = [
+    "PIPE_RATIOS",
+    "ROWS",
+    "Check",
+    "checks",
+    "machine",
+    "markdown_table",
+    "summarize",
+    "svg",
+    "table",
+]
 
 
 def summarize(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -66,10 +76,20 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("sender_cpu_us", "sender CPU us/trade", "{:.1f}"),
         ("receiver_cpu_us", "receiver CPU us/trade", "{:.1f}"),
     ],
+    "W1N": [
+        ("trades_per_s", "trades/s", "{:,.0f}"),
+        ("pipe_ratio", "x batched pipe (same round)", "{:.3f}"),
+        ("cpu_ratio", "x pipe by CPU (same round)", "{:.3f}"),
+        ("elapsed_s", "elapsed s", "{:.3f}"),
+        ("sender_cpu_us", "sender CPU us/trade", "{:.1f}"),
+        ("receiver_cpu_us", "receiver CPU us/trade", "{:.1f}"),
+    ],
     "W2": [
         ("p50_ms", "p50 ms", "{:.3f}"),
         ("p99_ms", "p99 ms", "{:.3f}"),
+        ("p999_ms", "p99.9 ms", "{:.3f}"),
         ("max_ms", "max ms", "{:.3f}"),
+        ("pipe_p99_ms", "bare pipe's p99 ms (same round)", "{:.3f}"),
         ("sender_row_p50_ms", "sender's own row p50 ms", "{:.3f}"),
         ("sender_row_p99_ms", "sender's own row p99 ms", "{:.3f}"),
         ("sender_cpu_us", "sender CPU us/trade", "{:.0f}"),
@@ -101,6 +121,12 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("empty_rss_mib", "empty node RSS MiB", "{:.1f}"),
     ],
 }
+
+
+ROWS["W1N200K"] = ROWS["W1N"]
+ROWS["W1"] = [*ROWS["W1"][:1], *ROWS["W1N"][1:3], *ROWS["W1"][1:]]
+# Workloads whose every run is also divided by the batched pipe of its own round.
+PIPE_RATIOS = ("W1", "W1N", "W1N200K")
 
 
 @dataclass(frozen=True)
@@ -145,7 +171,38 @@ def checks(results: dict[str, Any]) -> list[Check]:
                 f"{value:,.0f} trades/s = {ratio:.3f} x pipe ({pipe:,.0f}/s); target >= 0.5 x",
             )
         )
+    for key in ("W1N", "W1N200K"):
+        ratio = median(key, "pipe_ratio")
+        if ratio is not None:
+            rate = median(key, "trades_per_s") or 0.0
+            out.append(
+                Check(
+                    key,
+                    f"{key} (no coalescing) / batched pipe",
+                    ratio,
+                    0.35,
+                    ratio / 0.35,
+                    f"{rate:,.0f} trades/s, median ratio {ratio:.3f} x the pipe of the same round;"
+                    " target >= 0.35 x",
+                )
+            )
     joined = results["settings"].get("w3_positions", 100_000)
+    w2 = w.get("W2")
+    if w2 and not w2.get("error") and w2["runs"]:
+        quiet = [run["p99_ms"] for run in w2["runs"] if run.get("pipe_p99_ms", 1e9) < 0.6]
+        if quiet:
+            worst = max(quiet)
+            out.append(
+                Check(
+                    "W2",
+                    "W2 p99, every quiet run",
+                    worst,
+                    1.0,
+                    1.0 / worst if worst > 0 else math.inf,
+                    f"worst {worst:.3g} ms over the {len(quiet)} of {len(w2['runs'])} runs whose"
+                    " bare-pipe p99 was < 0.6 ms; target < 1 ms",
+                )
+            )
     for key, metric, label, goal, unit in [
         ("W2", "p99_ms", "W2 latency p99", 1.0, "ms"),
         ("W3", "join_s", f"W3 join of {joined:,} positions", 2.0, "s"),
@@ -168,6 +225,13 @@ def checks(results: dict[str, Any]) -> list[Check]:
     return out
 
 
+def _runs(results: dict[str, Any]) -> str:
+    """How many runs each workload had: ``3`` or ``3 (W2: 5)``."""
+    settings = results["settings"]
+    runs, w2 = settings["runs"], settings.get("w2_runs", settings["runs"])
+    return f"{runs}" if w2 == runs or "W2" not in results["workloads"] else f"{runs} (W2: {w2})"
+
+
 def _fmt(fmt: str, value: float) -> str:
     return fmt.format(value)
 
@@ -176,7 +240,7 @@ def table(results: dict[str, Any]) -> str:
     """The plain-text table printed at the end of ``make bench``."""
     lines = []
     m = results["machine"]
-    runs = results["settings"]["runs"]
+    runs = _runs(results)
     lines.append(
         f"Position Distributor benchmarks: {runs} run(s) each, min / median / max"
         f" ({m['cpu']}, {m['nproc']} cores, Python {m['python']},"
@@ -248,7 +312,7 @@ def markdown_table(results: dict[str, Any]) -> str:
     out = [
         f"Measured {results['started']} on {m['cpu']}, {m['nproc']} cores, Python {m['python']},"
         f" protobuf {m['protobuf']} ({m['protobuf_backend']} backend); load average at start"
-        f" {m['loadavg_at_start']}; {results['settings']['runs']} runs each;"
+        f" {m['loadavg_at_start']}; {_runs(results)} runs each;"
         f" `make bench` took {results['duration_s']:.0f} s.",
         "",
         "| baseline: bare pipe | min | median | max |",
@@ -323,7 +387,7 @@ def svg(results: dict[str, Any]) -> str:
         " (log scale; right of 1x: met)"
         "</text>",
         f'<text x="10" y="42" fill="#555">{html.escape(results["started"])},'
-        f" {results['machine']['nproc']} cores, medians of {results['settings']['runs']}"
+        f" {results['machine']['nproc']} cores, medians of {_runs(results)}"
         " run(s)</text>",
     ]
     for tick in (0.01, 0.1, 1, 10, 100):

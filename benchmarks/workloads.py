@@ -44,7 +44,10 @@ class Settings:
     pipe_messages: int = 100_000
     w1_trades: int = 20_000
     w1_symbols: int = 100
-    w2_samples: int = 500
+    w1n_trades: int = 20_000  # W1N: one symbol per trade, nothing coalesces
+    w1n_large_trades: int = 200_000  # W1N200K
+    w2_samples: int = 2_000  # enough for a p99.9 (the 2 slowest samples)
+    w2_runs: int = 5  # W2's p99 is judged on the median of 5 runs
     w2_gap: float = 0.001  # idle time between two latency samples (s)
     w3_positions: int = 100_000
     w4_seconds: float = 10.0
@@ -61,7 +64,10 @@ class Settings:
             runs=1,
             pipe_messages=20_000,
             w1_trades=5_000,
-            w2_samples=100,
+            w1n_trades=5_000,
+            w1n_large_trades=20_000,
+            w2_samples=200,
+            w2_runs=1,
             w3_positions=20_000,
             w4_seconds=3.0,
             w5_trades_per_node=500,
@@ -85,6 +91,7 @@ def _latency_metrics(samples: list[float], prefix: str = "") -> Metrics:
     return {
         f"{prefix}p50_ms": _percentile(samples, 50) * 1e3,
         f"{prefix}p99_ms": _percentile(samples, 99) * 1e3,
+        f"{prefix}p999_ms": _percentile(samples, 99.9) * 1e3,
         f"{prefix}max_ms": max(samples) * 1e3,
         f"{prefix}mean_ms": statistics.fmean(samples) * 1e3,
     }
@@ -125,10 +132,13 @@ def _warm_up(nodes: list[NodeProc], links: dict[str, list[str]], timeout: float 
     return expected
 
 
-def _pair(c: Cluster) -> tuple[NodeProc, NodeProc, dict[str, dict[Key, float]]]:
-    """Two connected nodes: strategy_2 dials strategy_1; both warmed up."""
-    a = c.node("strategy_1")
-    b = c.node("strategy_2", [a])
+def _pair(
+    c: Cluster, args: list[str] | None = None
+) -> tuple[NodeProc, NodeProc, dict[str, dict[Key, float]]]:
+    """Two connected nodes (``args`` added to both command lines): strategy_2 dials
+    strategy_1; both warmed up."""
+    a = c.node("strategy_1", args=args or ())
+    b = c.node("strategy_2", [a], args=args or ())
     expected = _warm_up([a, b], {a.name: [b.name], b.name: [a.name]})
     return a, b, expected
 
@@ -269,6 +279,71 @@ def w1_throughput(settings: Settings, run: int) -> Metrics:
         # What the node would do with a core per process: its busier side's CPU per trade.
         "cpu_bound_per_s": n / max(cpu_a, cpu_b),
     }
+
+
+def distinct_trades(rng: random.Random, count: int) -> list[tuple[str, int]]:
+    """``count`` trades, each in a symbol of its own: nothing a node can coalesce."""
+    return [(f"U{i:06d}", rng.randint(1, 1000)) for i in range(count)]
+
+
+def distinct_args(count: int) -> list[str]:
+    """Room for ``count`` symbols (and the warm-up's) above the default cap of 200,000."""
+    return ["--max-symbols", str(max(200_000, 2 * count))]
+
+
+def _w1n(count: int, run: int) -> Metrics:
+    """``count`` trades, each in a symbol of its own, typed into strategy_1's stdin at once;
+    time until strategy_2 has printed every one. Nothing can coalesce: the receiver must
+    print exactly ``count`` rows (one per position it received), which is checked."""
+    rng = random.Random(run)
+    trades = distinct_trades(rng, count)
+    finals = _finals("strategy_1", trades)
+    args = distinct_args(count)
+    with Cluster("w1n") as c:
+        a, b, expected = _pair(c, args)
+        for name in expected:
+            expected[name].update(finals)
+        sender_done = a.watch(finals)
+        receiver_done = b.watch(finals)
+        data = _lines(trades)
+        rows_a, rows_b = a.rows, b.rows
+        cpu_a, cpu_b = cpu_seconds(a.pid), cpu_seconds(b.pid)
+        t0 = time.perf_counter()
+        a.write(data)
+        t_taken = time.perf_counter()
+        t_sender = sender_done.wait(300, "strategy_1 to print its own trades")
+        t_receiver = receiver_done.wait(300, "strategy_2 to print strategy_1's positions")
+        cpu_a, cpu_b = cpu_seconds(a.pid) - cpu_a, cpu_seconds(b.pid) - cpu_b
+        c.check_views(expected)
+        with a.cond, b.cond:
+            printed = (a.rows - rows_a, b.rows - rows_b)
+        c.stop_and_check_stores(expected)
+    if printed != (count, count):
+        raise BenchError(
+            f"W1N: the sender printed {printed[0]} rows and the receiver {printed[1]},"
+            f" not {count} each: something coalesced or repeated"
+        )
+    elapsed = t_receiver - t0
+    return {
+        "trades_per_s": count / elapsed,
+        "elapsed_s": elapsed,
+        "stdin_taken_s": t_taken - t0,
+        "sender_printed_s": t_sender - t0,
+        "sender_cpu_us": cpu_a / count * 1e6,
+        "receiver_cpu_us": cpu_b / count * 1e6,
+        "cpu_bound_per_s": count / max(cpu_a, cpu_b),
+        "receiver_rows": printed[1],
+    }
+
+
+def w1n_throughput(settings: Settings, run: int) -> Metrics:
+    """W1 with a symbol per trade (20,000 trades): nothing coalesces."""
+    return _w1n(settings.w1n_trades, run)
+
+
+def w1n_large_throughput(settings: Settings, run: int) -> Metrics:
+    """W1 with a symbol per trade (200,000 trades): nothing coalesces."""
+    return _w1n(settings.w1n_large_trades, run)
 
 
 def w2_latency(settings: Settings, run: int) -> Metrics:
@@ -570,6 +645,10 @@ class Workload:
     unit: str
     target: str
 
+    def runs(self, settings: Settings) -> int:
+        """How many runs (rounds) this workload takes part in."""
+        return settings.w2_runs if self.key == "W2" else settings.runs
+
 
 WORKLOADS = {
     w.key: w
@@ -581,6 +660,22 @@ WORKLOADS = {
             "trades_per_s",
             "trades/s",
             ">= 0.5 x batched bare pipe",
+        ),
+        Workload(
+            "W1N",
+            "no coalescing, 20k trades",
+            w1n_throughput,
+            "trades_per_s",
+            "trades/s",
+            ">= 0.35 x batched bare pipe",
+        ),
+        Workload(
+            "W1N200K",
+            "no coalescing, 200k trades",
+            w1n_large_throughput,
+            "trades_per_s",
+            "trades/s",
+            ">= 0.35 x batched bare pipe",
         ),
         Workload("W2", "latency, 1 trade at a time", w2_latency, "p99_ms", "ms", "p99 < 1 ms"),
         Workload("W3", "join, 100k positions", w3_join, "join_s", "s", "< 2 s"),
