@@ -116,16 +116,25 @@ def encode(message: Message) -> bytes:
     return frame(envelope.SerializeToString())
 
 
+# An Envelope holding only a position is the position field's tag (6, length-delimited),
+# the SymbolPos's length and the SymbolPos: for a SymbolPos under 128 bytes (one byte of
+# length; names and symbols are bounded well below that), the frame's first 6 bytes are
+# these, so the Envelope need not be built (it would copy the SymbolPos into itself).
+_POSITION_HEADS: Final = [bytes((0, 0, 0, size + 2, 0x32, size)) for size in range(128)]
+
+
 def encode_position(position: Position) -> bytes:
-    """Encode one position as a complete frame."""
-    envelope = pb.Envelope(
-        position=pb.SymbolPos(
-            strategy_name=position.strategy,
-            symbol=position.symbol,
-            net_position=position.net_position,
-            timestamp=position.timestamp,
-        )
-    )
+    """Encode one position as a complete frame (an ``Envelope`` holding a ``SymbolPos``)."""
+    body = pb.SymbolPos(
+        strategy_name=position[0],
+        symbol=position[1],
+        net_position=position[2],
+        timestamp=position[3],
+    ).SerializeToString()
+    if len(body) < 128:
+        return _POSITION_HEADS[len(body)] + body
+    envelope = pb.Envelope()
+    envelope.position.ParseFromString(body)
     return frame(envelope.SerializeToString())
 
 

@@ -289,6 +289,29 @@ def test_round_trip_keeps_the_printed_form(position: Position) -> None:
     assert parsed.row() == expected.row()
 
 
+@given(
+    st.builds(
+        Position,
+        st.text(max_size=90),
+        st.text(max_size=90),
+        st.floats(),
+        st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    )
+)
+def test_encode_position_is_the_envelope_protobuf_writes(position: Position) -> None:
+    """The frame built by hand around a SymbolPos is byte for byte the Envelope protobuf's own
+    serialization, short or long (128 bytes and more take the Envelope's general path)."""
+    envelope = pb.Envelope(
+        position=pb.SymbolPos(
+            strategy_name=position.strategy,
+            symbol=position.symbol,
+            net_position=position.net_position,
+            timestamp=position.timestamp,
+        )
+    )
+    assert encode_position(position) == frame(envelope.SerializeToString())
+
+
 @given(st.lists(messages, max_size=8), st.lists(st.integers(min_value=0), max_size=12))
 def test_any_chunking_gives_the_same_frames(batch: list[Message], points: list[int]) -> None:
     """Cutting the byte stream at any points yields the same payloads and leaves nothing over."""
