@@ -32,7 +32,13 @@ from collections.abc import Callable
 from typing import Final, NamedTuple
 
 from . import auth
-from .types import Position, invalid_position_reason, valid_strategy
+from .types import (
+    MAX_TIMESTAMP,
+    Position,
+    invalid_position_reason,
+    valid_strategy,
+    valid_symbol,
+)
 from .wire import (
     DEFAULT_MAX_FRAME_SIZE,
     PROTOCOL_VERSION,
@@ -44,7 +50,7 @@ from .wire import (
     SyncDone,
     WireError,
     encode,
-    parse,
+    parse_many,
 )
 
 __all__ = [
@@ -179,9 +185,13 @@ class Protocol:
         try:
             payloads = self._decoder.feed(data)
             events: list[Event] = []
-            for payload in payloads:
-                message = parse(payload)
-                rule = _RULES.get((self.state, type(message)))
+            state = None
+            rules: dict[type, _Rule] = {}
+            for message in parse_many(payloads):
+                if self.state is not state:
+                    state = self.state
+                    rules = _RULES_BY_STATE[state]
+                rule = rules.get(type(message))
                 if rule is None:
                     raise RemoteProtocolError(
                         f"{type(message).__name__} not allowed while {self.state.value}"
@@ -315,6 +325,15 @@ class Protocol:
         return None
 
     def _check_position(self, position: Position) -> None:
+        strategy, symbol, net, timestamp = position
+        peer = self.peer
+        if (
+            ((peer is not None and strategy == peer.strategy) or valid_strategy(strategy))
+            and valid_symbol(symbol)
+            and net - net == 0.0  # finite
+            and 0 < timestamp <= MAX_TIMESTAMP
+        ):
+            return  # the common case, without building a reason (the Hello checked the name)
         reason = invalid_position_reason(position)
         if reason is not None:
             raise RemoteProtocolError(reason)
@@ -332,4 +351,8 @@ _RULES: dict[tuple[State, type], _Rule] = {
     (State.SYNC, Heartbeat): Protocol._on_heartbeat,
     (State.LIVE, Position): Protocol._on_live_position,
     (State.LIVE, Heartbeat): Protocol._on_heartbeat,
+}
+# The same table by state, for receive_data's loop: message type -> rule.
+_RULES_BY_STATE: dict[State, dict[type, _Rule]] = {
+    state: {kind: rule for (s, kind), rule in _RULES.items() if s is state} for state in State
 }

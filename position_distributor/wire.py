@@ -6,10 +6,11 @@ big-endian length followed by a serialized ``Envelope`` (see ``protos/position.p
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
+from google.protobuf import descriptor_pb2, message_factory
 from google.protobuf.message import DecodeError
 
 from . import position_pb2 as pb
@@ -33,6 +34,7 @@ __all__ = [
     "encode_positions",
     "frame",
     "parse",
+    "parse_many",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -171,6 +173,69 @@ def parse(payload: bytes) -> Message:
             " (a bare SymbolPos from a peer that does not speak this protocol?)"
         )
     raise MalformedMessage("empty frame")
+
+
+def _position_run_class() -> Any:
+    """``message PositionRun { repeated SymbolPos position = 6; }``, never sent: an Envelope
+    holding one position is the same bytes as a PositionRun of one, so the payloads of many
+    such frames joined together are one PositionRun, parsed by protobuf in a single call."""
+    file = descriptor_pb2.FileDescriptorProto(
+        name="position_distributor/position_run.proto",
+        package="position_distributor",
+        dependency=[pb.DESCRIPTOR.name],
+        syntax="proto3",
+    )
+    file.message_type.add(name="PositionRun").field.add(
+        name="position",
+        number=pb.Envelope.DESCRIPTOR.fields_by_name["position"].number,
+        label=descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED,
+        type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
+        type_name=".position_distributor.SymbolPos",
+    )
+    pool = pb.DESCRIPTOR.pool
+    pool.Add(file)
+    return message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("position_distributor.PositionRun")
+    )
+
+
+_PositionRun: Final[Any] = _position_run_class()
+_POSITION_TAG: Final = 0x32  # field 6 (position), length-delimited
+
+
+def parse_many(payloads: list[bytes]) -> Iterator[Message]:
+    """Parse frames' payloads in order, as ``parse`` does each; raise ``MalformedMessage`` at
+    the first that is not a message, after yielding every message before it.
+
+    Consecutive payloads that are each exactly one position (the tag of the Envelope's
+    position field, a one-byte length, and that many bytes) are parsed together, in one call
+    to protobuf; anything else, or a run that does not parse, goes through ``parse``.
+    """
+    run: list[bytes] = []
+    new = tuple.__new__
+    for payload in payloads:
+        size = len(payload)
+        if 2 < size < 130 and payload[0] == _POSITION_TAG and payload[1] == size - 2:
+            run.append(payload)
+            continue
+        if run:
+            yield from _parse_run(run, new)
+            run = []
+        yield parse(payload)
+    if run:
+        yield from _parse_run(run, new)
+
+
+def _parse_run(run: list[bytes], new: Callable[..., Position]) -> Iterator[Message]:
+    try:
+        parsed = _PositionRun.FromString(b"".join(run)).position
+    except DecodeError:
+        for payload in run:  # says which one, after the ones before it
+            yield parse(payload)
+        return
+    for p in parsed:
+        # Adding 0.0 turns -0.0 into 0.0, so equal positions always print alike.
+        yield new(Position, (p.strategy_name, p.symbol, p.net_position + 0.0, p.timestamp))
 
 
 class Decoder:
