@@ -53,14 +53,17 @@ class Book:
 
     def apply(self, position: Position) -> bool:
         """Merge ``position`` into the book; return whether it changed anything."""
-        position = _one_zero(position)
-        symbols = self._by_strategy.get(position.strategy)
+        # merge(), spelt out: this runs once per position received.
+        strategy, symbol, net, timestamp = position
+        symbols = self._by_strategy.get(strategy)
         if symbols is None:
-            symbols = self._by_strategy[position.strategy] = {}
-        current = symbols.get(position.symbol)
-        if current is not None and _key(position) <= _key(current):
-            return False
-        symbols[position.symbol] = position
+            symbols = self._by_strategy[strategy] = {}
+        current = symbols.get(symbol)
+        if current is not None and (
+            timestamp < current[3] or (timestamp == current[3] and net <= current[2])
+        ):
+            return False  # (timestamp, net) <= the current entry's
+        symbols[symbol] = position if net != 0.0 else _one_zero(position)
         return True
 
     def symbols(self, strategy: str) -> dict[str, Position]:
