@@ -97,11 +97,17 @@ def commands(block: Block) -> str:
 
 def scratch_root(tmp_path: Path) -> Path:
     """A directory that looks like the repository's root: its entries linked, no data."""
+    assert (ROOT / ".venv" / ".installed").exists(), "the docs run in .venv: make install first"
     work = tmp_path / "repo"
     work.mkdir()
     for entry in ROOT.iterdir():
-        if entry.name not in NOT_LINKED:
+        if entry.name not in NOT_LINKED | {"pyproject.toml"}:
             (work / entry.name).symlink_to(entry)
+    # A copy older than the install stamp: make uses the venv these tests run in, as it is,
+    # instead of reinstalling into it (pyproject.toml may be newer after a rebase).
+    copy = work / "pyproject.toml"
+    copy.write_bytes((ROOT / "pyproject.toml").read_bytes())
+    os.utime(copy, (0, 0))
     return work
 
 
