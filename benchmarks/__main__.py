@@ -4,6 +4,7 @@
     python -m benchmarks --quick         # 1 smaller run of each (a smoke test)
     python -m benchmarks --only W1,W2    # some workloads
     python -m benchmarks --runs 5
+    python -m benchmarks --only W5 --transport mesh   # W1, W1N, W2, W5 over a transport
     python -m benchmarks --render benchmarks/results/latest.json   # docs from saved results
 
 Runs go in rounds (baseline, then each workload once) so that the baseline is sampled over
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import report
-from .harness import ROOT, BenchError
+from .harness import ROOT, TRANSPORTS, BenchError
 from .workloads import WORKLOADS, Settings, baseline_latency, baseline_pipe
 
 RESULTS = ROOT / "benchmarks" / "results" / "latest.json"
@@ -45,6 +46,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", metavar="W1,W2", help="run only these workloads")
     parser.add_argument("--runs", type=int, help="runs per workload (default 3, quick 1)")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where the JSON goes")
+    parser.add_argument(
+        "--transport",
+        choices=sorted(TRANSPORTS),
+        default="mesh",
+        help="how the nodes of W1, W1N, W2 and W5 reach each other (default: mesh)",
+    )
     docs = parser.add_mutually_exclusive_group()
     docs.add_argument(
         "--docs",
@@ -109,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.quick() if args.quick else Settings()
     if args.runs is not None:
         settings = dataclasses.replace(settings, runs=args.runs, w2_runs=args.runs)
-    full = not args.quick and args.keys == list(WORKLOADS)
+    settings = dataclasses.replace(settings, transport=args.transport)
+    full = not args.quick and args.keys == list(WORKLOADS) and args.transport == "mesh"
     update_docs = full if args.docs is None else args.docs
     started = dt.datetime.now().astimezone()
     t_start = time.perf_counter()

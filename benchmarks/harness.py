@@ -24,11 +24,13 @@ from typing import Any
 
 __all__ = [
     "ROOT",
+    "TRANSPORTS",
     "BenchError",
     "Cluster",
     "NodeProc",
     "Proc",
     "RowsProc",
+    "Transport",
     "Watch",
     "cpu_seconds",
     "free_port",
@@ -387,7 +389,7 @@ class NodeProc(RowsProc):
     def __init__(
         self,
         name: str,
-        port: int,
+        port: int | None,
         peers: Iterable[int] = (),
         *,
         data_dir: Path,
@@ -403,7 +405,7 @@ class NodeProc(RowsProc):
             "-m",
             "position_distributor",
             name,
-            str(port),
+            *([] if port is None else [str(port)]),  # None: a node without a listener
             *(f"127.0.0.1:{p}" for p in self.peer_ports),
             "--data-dir",
             str(data_dir),
@@ -444,6 +446,34 @@ def _diff(got: dict[Key, float], expected: dict[Key, float], limit: int = 5) -> 
     return "; ".join(parts)
 
 
+class Transport:
+    """How the nodes of a run reach each other: a full TCP mesh, the node's own transport.
+
+    Every multi-node workload starts its nodes through ``nodes()``, so another transport
+    (for instance NATS: a server started in the cluster, and ``--nats URL`` on each node's
+    command line instead of a port and peers) is a subclass registered in ``TRANSPORTS``
+    and chosen with ``python -m benchmarks --transport NAME``; the workloads, their
+    measurements and their correctness checks stay the same.
+    """
+
+    name = "mesh"
+
+    def nodes(self, c: Cluster, names: Sequence[str], args: Sequence[str] = ()) -> list[NodeProc]:
+        """Start one node per name, all reaching each other: here each dials every node
+        started before it (a full mesh: n(n-1)/2 connections)."""
+        nodes: list[NodeProc] = []
+        for name in names:
+            nodes.append(c.node(name, list(nodes), args=args))
+        return nodes
+
+    def links(self, names: Sequence[str]) -> dict[str, list[str]]:
+        """Whose positions each node is expected to print: every other node's."""
+        return {name: [other for other in names if other != name] for name in names}
+
+
+TRANSPORTS: dict[str, Transport] = {"mesh": Transport()}
+
+
 class Cluster:
     """The processes of one run, in a temp dir removed at the end; every one stopped by PID."""
 
@@ -463,13 +493,16 @@ class Cluster:
         peers: Iterable[NodeProc | int] = (),
         *,
         port: int | None = None,
+        listen: bool = True,
         data_dir: Path | None = None,
         start: bool = True,
         **kwargs: Any,
     ) -> NodeProc:
+        """A node started as a user does; ``listen=False`` gives it no PORT argument (a
+        transport that needs none)."""
         node = NodeProc(
             name,
-            port or free_port(),
+            (port or free_port()) if listen else None,
             [p.port if isinstance(p, NodeProc) else p for p in peers],
             data_dir=data_dir or self.root / name,
             log=self.root / f"{name}.log",

@@ -277,7 +277,7 @@ def profile_w1(args: argparse.Namespace) -> str:
         over = "100 symbols"
     finals = _finals("strategy_1", trades)
     with Cluster("profile-w1") as c:
-        a, b, expected = _pair(c, node_args)
+        a, b, expected = _pair(c, args=node_args)
         for name in expected:
             expected[name].update(finals)
         sender_done, receiver_done = a.watch(finals), b.watch(finals)

@@ -108,11 +108,16 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("peer_cpu_pct_max", "peers' % (max)", "{:.3f}"),
     ],
     "W5": [
-        ("trades_per_s", "trades/s (burst)", "{:,.0f}"),
-        ("p50_ms", "p50 ms (paced)", "{:.2f}"),
-        ("p99_ms", "p99 ms (paced)", "{:.2f}"),
-        ("own_row_p99_ms", "p99 ms to own row (paced)", "{:.2f}"),
-        ("paced_cpu_us_per_trade", "mesh CPU us/trade (paced)", "{:,.0f}"),
+        row
+        for n in (4, 8, 16)
+        for row in [
+            (f"n{n}_trades_per_s", f"{n} nodes: trades/s (burst)", "{:,.0f}"),
+            (f"n{n}_burst_cpu_us_per_trade", f"{n} nodes: CPU us/trade (burst)", "{:,.0f}"),
+            (f"n{n}_p50_ms", f"{n} nodes: p50 ms (paced)", "{:.2f}"),
+            (f"n{n}_p99_ms", f"{n} nodes: p99 ms (paced)", "{:.2f}"),
+            (f"n{n}_paced_cpu_us_per_trade", f"{n} nodes: CPU us/trade (paced)", "{:,.0f}"),
+            (f"n{n}_idle_cpu_pct_max", f"{n} nodes: idle % of a core (max)", "{:.3f}"),
+        ]
     ],
     "W6": [
         ("mib_per_100k", "MiB per 100k", "{:.1f}"),
@@ -186,6 +191,20 @@ def checks(results: dict[str, Any]) -> list[Check]:
                     " target >= 0.35 x",
                 )
             )
+    sizes = results["settings"].get("w5_sizes") or [16]
+    largest = max(sizes)
+    idle = median("W5", f"n{largest}_idle_cpu_pct_max")
+    if idle is not None:
+        out.append(
+            Check(
+                "W5",
+                f"W5 idle, {largest}-node mesh",
+                idle,
+                1.0,
+                1.0 / idle if idle > 0 else math.inf,
+                f"{idle:.3g} % of a core on the busiest node; target < 1 %",
+            )
+        )
     joined = results["settings"].get("w3_positions", 100_000)
     w2 = w.get("W2")
     if w2 and not w2.get("error") and w2["runs"]:

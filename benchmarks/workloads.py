@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from .harness import (
+    TRANSPORTS,
     BenchError,
     Cluster,
     NodeProc,
     RowsProc,
+    Transport,
     cpu_seconds,
     rss_bytes,
     wait_all,
@@ -52,10 +54,12 @@ class Settings:
     w3_positions: int = 100_000
     w4_seconds: float = 10.0
     w4_peers: int = 4
-    w5_nodes: int = 8
-    w5_trades_per_node: int = 2_500
-    w5_rate: float = 200.0  # total trades/s of the paced latency phase
-    w5_seconds: float = 5.0
+    w5_sizes: tuple[int, ...] = (4, 8, 16)  # nodes in each mesh, one after the other
+    w5_burst_trades: int = 20_000  # in all, split over the nodes
+    w5_rate: float = 100.0  # total trades/s of the paced latency phase
+    w5_seconds: float = 4.0
+    w5_idle_seconds: float = 5.0
+    transport: str = "mesh"  # how the nodes of W1, W2 and W5 reach each other (TRANSPORTS)
     w6_positions: int = 100_000
 
     @classmethod
@@ -70,8 +74,10 @@ class Settings:
             w2_runs=1,
             w3_positions=20_000,
             w4_seconds=3.0,
-            w5_trades_per_node=500,
+            w5_sizes=(4, 8),
+            w5_burst_trades=2_000,
             w5_seconds=1.5,
+            w5_idle_seconds=2.0,
             w6_positions=20_000,
         )
 
@@ -133,13 +139,13 @@ def _warm_up(nodes: list[NodeProc], links: dict[str, list[str]], timeout: float 
 
 
 def _pair(
-    c: Cluster, args: list[str] | None = None
+    c: Cluster, settings: Settings | None = None, args: list[str] | None = None
 ) -> tuple[NodeProc, NodeProc, dict[str, dict[Key, float]]]:
-    """Two connected nodes (``args`` added to both command lines): strategy_2 dials
-    strategy_1; both warmed up."""
-    a = c.node("strategy_1", args=args or ())
-    b = c.node("strategy_2", [a], args=args or ())
-    expected = _warm_up([a, b], {a.name: [b.name], b.name: [a.name]})
+    """Two connected nodes (``args`` added to both command lines), through the settings'
+    transport (in a mesh, strategy_2 dials strategy_1); both warmed up."""
+    transport = TRANSPORTS[settings.transport if settings else "mesh"]
+    a, b = transport.nodes(c, ["strategy_1", "strategy_2"], args or ())
+    expected = _warm_up([a, b], transport.links([a.name, b.name]))
     return a, b, expected
 
 
@@ -252,7 +258,7 @@ def w1_throughput(settings: Settings, run: int) -> Metrics:
     trades = _random_trades(rng, settings.w1_trades, symbols)
     finals = _finals("strategy_1", trades)
     with Cluster("w1") as c:
-        a, b, expected = _pair(c)
+        a, b, expected = _pair(c, settings)
         for name in expected:
             expected[name].update(finals)
         sender_done = a.watch(finals)
@@ -291,7 +297,7 @@ def distinct_args(count: int) -> list[str]:
     return ["--max-symbols", str(max(200_000, 2 * count))]
 
 
-def _w1n(count: int, run: int) -> Metrics:
+def _w1n(settings: Settings, count: int, run: int) -> Metrics:
     """``count`` trades, each in a symbol of its own, typed into strategy_1's stdin at once;
     time until strategy_2 has printed every one. Nothing can coalesce: the receiver must
     print exactly ``count`` rows (one per position it received), which is checked."""
@@ -300,7 +306,7 @@ def _w1n(count: int, run: int) -> Metrics:
     finals = _finals("strategy_1", trades)
     args = distinct_args(count)
     with Cluster("w1n") as c:
-        a, b, expected = _pair(c, args)
+        a, b, expected = _pair(c, settings, args)
         for name in expected:
             expected[name].update(finals)
         data = _lines(trades)
@@ -345,12 +351,12 @@ def _w1n(count: int, run: int) -> Metrics:
 
 def w1n_throughput(settings: Settings, run: int) -> Metrics:
     """W1 with a symbol per trade (20,000 trades): nothing coalesces."""
-    return _w1n(settings.w1n_trades, run)
+    return _w1n(settings, settings.w1n_trades, run)
 
 
 def w1n_large_throughput(settings: Settings, run: int) -> Metrics:
     """W1 with a symbol per trade (200,000 trades): nothing coalesces."""
-    return _w1n(settings.w1n_large_trades, run)
+    return _w1n(settings, settings.w1n_large_trades, run)
 
 
 def w2_latency(settings: Settings, run: int) -> Metrics:
@@ -358,7 +364,7 @@ def w2_latency(settings: Settings, run: int) -> Metrics:
     breakdown, to strategy_1's own row)."""
     samples = settings.w2_samples
     with Cluster("w2") as c:
-        a, b, expected = _pair(c)
+        a, b, expected = _pair(c, settings)
         own: list[float] = []
         cpu_a, cpu_b = cpu_seconds(a.pid), cpu_seconds(b.pid)
         latencies = _one_at_a_time(a, b, "strategy_1", samples, settings.w2_gap, a, own)
@@ -472,24 +478,45 @@ def w4_idle(settings: Settings, run: int) -> Metrics:
     return {"hub_cpu_pct": pct[0], "peer_cpu_pct_max": max(pct[1:]), "seconds": elapsed}
 
 
-def w5_fanout(settings: Settings, run: int) -> Metrics:
-    """8 nodes in a full mesh. Burst: each node takes its trades at once; end-to-end trades/s
-    until every node holds every final position. Paced: trades at a fixed total rate spread
-    over the nodes; latency from each line written to each other node's row."""
-    rng = random.Random(run)
-    n = settings.w5_nodes
+def w5_scaling(settings: Settings, run: int) -> Metrics:
+    """Full meshes of 4, 8 and 16 nodes (``w5_sizes``), one after the other; each measured
+    idle, in a burst and paced (see ``_mesh``). Metrics are prefixed ``n<size>_``."""
+    transport = TRANSPORTS[settings.transport]
+    metrics: Metrics = {}
+    for size in settings.w5_sizes:
+        rng = random.Random(run * 1000 + size)
+        for key, value in _mesh(settings, transport, size, rng).items():
+            metrics[f"n{size}_{key}"] = value
+    return metrics
+
+
+def _mesh(settings: Settings, transport: Transport, n: int, rng: random.Random) -> Metrics:
+    """``n`` nodes reaching each other through ``transport``, all warmed up. Idle: each
+    node's CPU % of a core over ``w5_idle_seconds`` (heartbeats only). Burst: the
+    ``w5_burst_trades`` split over the nodes, typed at once; trades/s until every node holds
+    every final position, and the CPU of all nodes per trade. Paced: ``w5_rate`` trades/s in
+    all, round robin; latency from each line written to each other node's row, and the CPU
+    of all nodes per trade (what a trade costs the machine when nothing batches)."""
     symbols = [f"SYM{i:03d}" for i in range(100)]
-    with Cluster("w5") as c:
-        nodes: list[NodeProc] = []
-        for i in range(n):
-            nodes.append(c.node(f"strategy_{i + 1}", list(nodes)))
-        names = [node.name for node in nodes]
-        links = {name: [other for other in names if other != name] for name in names}
-        expected = _warm_up(nodes, links, timeout=120)
+    with Cluster(f"w5-{n}") as c:
+        names = [f"strategy_{i + 1}" for i in range(n)]
+        nodes = transport.nodes(c, names)
+        expected = _warm_up(nodes, transport.links(names), timeout=300)
+
+        # Idle.
+        time.sleep(1.0)  # let the warm-up's last writes and commits settle
+        before = [cpu_seconds(node.pid) for node in nodes]
+        t_idle = time.perf_counter()
+        time.sleep(settings.w5_idle_seconds)
+        idle_elapsed = time.perf_counter() - t_idle
+        idle = [
+            (cpu_seconds(node.pid) - b) / idle_elapsed * 100
+            for node, b in zip(nodes, before, strict=True)
+        ]
 
         # Burst.
         per_node = {
-            node.name: _random_trades(rng, settings.w5_trades_per_node, symbols) for node in nodes
+            node.name: _random_trades(rng, settings.w5_burst_trades // n, symbols) for node in nodes
         }
         finals: dict[Key, float] = {}
         for name, trades in per_node.items():
@@ -509,14 +536,16 @@ def w5_fanout(settings: Settings, run: int) -> Metrics:
         writers = [threading.Thread(target=type_all, args=(node,)) for node in nodes]
         for writer in writers:
             writer.start()
+        cpu0 = sum(cpu_seconds(node.pid) for node in nodes)
         t0 = time.perf_counter()
         start.wait()
         t_done = wait_all(watches, 600, "every node to hold every final position (burst)")
+        burst_cpu = sum(cpu_seconds(node.pid) for node in nodes) - cpu0
         for writer in writers:
             writer.join(60)
         if errors:
             raise BenchError(f"typing into a node failed: {errors[0]!r}")
-        total = n * settings.w5_trades_per_node
+        total = sum(len(trades) for trades in per_node.values())
         for node, watch in zip(nodes, watches, strict=True):
             node.unhook(watch.on_row)
             expected[node.name].update(finals)
@@ -528,12 +557,13 @@ def w5_fanout(settings: Settings, run: int) -> Metrics:
         c.check_views(expected)
         c.stop_and_check_stores(expected)
     return {
+        "idle_cpu_pct_max": max(idle),
+        "idle_cpu_pct_mean": statistics.fmean(idle),
         "trades_per_s": total / (t_done - t0),
-        "elapsed_s": t_done - t0,
+        "burst_cpu_us_per_trade": burst_cpu / total * 1e6,
         **_latency_metrics(latencies),
         **_latency_metrics(own, "own_row_"),
         **cost,
-        "paced_rate": settings.w5_rate,
         "latency_samples": len(latencies),
     }
 
@@ -689,11 +719,11 @@ WORKLOADS = {
         Workload("W4", "idle, hub with 4 peers", w4_idle, "hub_cpu_pct", "% of a core", "< 0.5 %"),
         Workload(
             "W5",
-            "fan-out, 8-node mesh",
-            w5_fanout,
-            "trades_per_s",
-            "trades/s",
-            "(none; p99 reported)",
+            "scaling, 4/8/16-node mesh",
+            w5_scaling,
+            "n16_idle_cpu_pct_max",
+            "% of a core",
+            "idle < 1 % of a core per node at 16 nodes",
         ),
         Workload("W6", "footprint", w6_footprint, "mib_per_100k", "MiB/100k positions", "< 50 MiB"),
     ]
