@@ -4,12 +4,12 @@ Watch a running cluster: the dashboard joins it as an observer node (a strategy 
 trades), dials the nodes you name, receives every strategy's positions in their sync, then
 prints the firm's net exposure per symbol each time a position changes::
 
-    python examples/dashboard.py 127.0.0.1:12345 127.0.0.1:12346 127.0.0.1:12347
+    .venv/bin/python examples/dashboard.py 127.0.0.1:12345 127.0.0.1:12346 127.0.0.1:12347
 
 Or see it on its own: three in-process nodes trade at random for a few seconds while the
 dashboard watches them::
 
-    python examples/dashboard.py --demo --seconds 5
+    .venv/bin/python examples/dashboard.py --demo --seconds 5
 
 A dashboard that falls more than ``--maxsize`` changes behind is cut off by the node
 (``UpdatesOverflow``); it then shows the current view and subscribes again, as documented.
