@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -203,6 +204,35 @@ def test_help_explains_every_option() -> None:
     for head, description in entries.items():
         assert len(description.split()) >= 3, f"{head!r} is not explained: {description!r}"
     assert "exit status" in text and "example" in text.lower()
+
+
+def test_help_wraps_its_text_and_groups_the_limits() -> None:
+    """At 80 columns every ``--help`` line fits (the security text included), and the
+    timeouts and limits have a group of their own."""
+    result = subprocess.run(
+        [sys.executable, "-m", "position_distributor", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env=dict(os.environ, COLUMNS="80"),
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line for line in lines if len(line) > 80] == []
+    sections: dict[str, list[str]] = {}
+    for line in lines:
+        if line and not line.startswith(" "):
+            current = sections.setdefault(line, [])
+        elif line.startswith("  -"):
+            current.append(line.split()[0])
+    assert "Without --secret-file or TLS" in result.stdout.split("security:")[1].split("\n\n")[0]
+    assert sections["timeouts and limits:"] == [
+        "--heartbeat",
+        "--hello-timeout",
+        "--max-frame-size",
+        "--max-connections",
+        "--max-symbols",
+    ]
 
 
 # The console of a running node.
