@@ -278,8 +278,9 @@ def readme_output(first_line: str) -> list[str]:
 
 @pytest.mark.slow
 def test_the_readme_walk_through_runs_as_written(tmp_path: Path) -> None:
-    """The README's three ``make run`` lines make a mesh that prints what the README shows;
-    after a kill -9, the same command brings the node back with what it missed."""
+    """The README's three ``make run`` lines make a mesh that starts with no warning and
+    prints what the README shows; after a kill -9, the same command brings the node back
+    with what it missed."""
     lines = walk_through_commands()
     assert [line.split()[:2] for line in lines] == [["make", "run"]] * 3, lines
     work = scratch_root(tmp_path)
@@ -318,6 +319,10 @@ def test_the_readme_walk_through_runs_as_written(tmp_path: Path) -> None:
         )
         assert t1.command_output("exposure", "Exposure") == readme_output("Exposure")
         assert masked(t1.command_output("peers", "Peers")) == masked(readme_output("Peers"))
+        for node in (t1, t2, t3):  # a new cluster's first start is calm
+            node.sync_stderr()
+            loud = [line for line in node.errors if re.search(r"\| (WARNING|ERROR|CRITICAL)", line)]
+            assert loud == [], node.describe()
 
         t2.kill()
         t3.wait_for_log("connection with strategy_2")
