@@ -9,7 +9,9 @@ A generated part is a fenced ``text`` block between two markers naming the comma
     <!-- end generated -->
 
 ``make docs`` (``.venv/bin/python tools/cli_doc.py``) rewrites each such block with what the
-command prints today, at 80 columns; ``tests/test_docs.py`` fails when one is stale.
+command prints today, at 80 columns; ``tests/test_docs.py`` fails when one is stale. The text
+is argparse's, so it is that of the Python the venv runs (3.11 here); another version lays
+out some lines differently, and then ``make docs`` is what to run.
 """
 
 from __future__ import annotations
