@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .engine import TradeError
+from .engine import TradeError, TradeNotStored
 from .node import Config, Node, NodeError, Updates, UpdatesOverflow
 from .peer import Limits, PeerStatus
 from .types import Position
@@ -15,6 +15,7 @@ __all__ = [
     "PeerStatus",
     "Position",
     "TradeError",
+    "TradeNotStored",
     "Updates",
     "UpdatesOverflow",
 ]

@@ -510,7 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # diagnose=False: a traceback must not print variables' values (positions, secrets).
     logger.add(sys.stderr, level=args.log_level, format=LOG_FORMAT, backtrace=False, diagnose=False)
     signal.signal(signal.SIGTERM, _on_sigterm)
-    node = Node(config, out=sys.stdout)
+    node = Node(config, out=sys.stdout, err=sys.stderr)
     # Set by the console at its end, or by a node that can no longer apply changes (a bug).
     done = threading.Event()
     node.on_failure = lambda reason: done.set()

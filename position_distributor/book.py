@@ -78,6 +78,21 @@ class Book:
             symbols = self._by_strategy[strategy] = {}
         return symbols
 
+    def put_back(
+        self, keys: Iterable[tuple[str, str]], committed: dict[tuple[str, str], Position]
+    ) -> None:
+        """Set each ``(strategy, symbol)`` of ``keys`` back to its entry in ``committed``, or
+        remove it if it has none: undoes the changes of a batch the store could not commit.
+        The one way an entry goes back to an older one (or away)."""
+        for key in keys:
+            strategy, symbol = key
+            position = committed.get(key)
+            symbols = self._by_strategy.get(strategy)
+            if position is not None:
+                self.symbols(strategy)[symbol] = _one_zero(position)
+            elif symbols is not None:
+                symbols.pop(symbol, None)
+
     def get(self, strategy: str, symbol: str) -> Position | None:
         """The current entry for ``(strategy, symbol)``, if any."""
         symbols = self._by_strategy.get(strategy)

@@ -4,9 +4,16 @@ Two consumers, as in the original (see ``consumer.py``): ``consume-trades`` appl
 trades, ``consume-positions`` applies positions received from peers. Each blocks on its queue,
 drains whatever is queued, applies it under the book lock, then publishes the changes: one
 store transaction for the batch, one broadcast, one write of rows. (When a consumer is idle,
-the thread that puts an item applies it itself, in the same order.) Publishing happens under
-the publish lock, taken before the book lock is released, so changes are stored, sent and
-printed in the order they were applied, and nothing calls out while holding the book lock.
+the thread that puts an item applies it itself, in the same order.) Each consumer holds the
+publish lock from before it applies until it has published, so changes are stored, sent and
+printed in the order they were applied; the book lock is held only while the book changes,
+so readers never wait for the disk, and nothing calls out while holding it.
+
+Storage failures refuse, never guess: when the store cannot commit a batch (a full disk, a
+read-only or removed data dir), the batch's changes are taken back out of the book (which
+stays equal to the store), its trades are refused (an ``error:`` line, their futures fail
+with ``TradeNotStored``), and the next batch tries again: the node trades again by itself
+once the fault is fixed.
 """
 
 from __future__ import annotations
@@ -24,20 +31,34 @@ from .clock import Clock
 from .consumer import Consumer
 from .dispatcher import Event, EventDispatcher
 from .peer import Connection, Peer
-from .store import JournalEntry, SnapshotInfo, Store
+from .store import JournalEntry, SnapshotInfo, Store, StoreError
 from .types import Position
 from .wire import SyncDone, encode, encode_position
 
-__all__ = ["DEFAULT_MAX_SYMBOLS", "Engine", "Output", "Subscriber", "TradeError"]
+__all__ = [
+    "DEFAULT_MAX_SYMBOLS",
+    "Engine",
+    "Output",
+    "Subscriber",
+    "TradeError",
+    "TradeNotStored",
+]
 
 DEFAULT_MAX_SYMBOLS: Final = 200_000  # per strategy: bounds what a peer can make us hold
 _SYNC_SLICE: Final = 2048  # positions encoded and queued at a time by a sync
 _MAX_BATCH: Final = 8192  # trades or messages per batch: bounds a transaction and a write
+_STORE_ERROR_EVERY: Final = 60.0  # seconds between ERROR lines while the store keeps failing
+_REFUSED_SHOWN: Final = 5  # trades named in the error line of a refused batch
 
 
 class TradeError(Exception):
     """A trade that cannot be applied: its result would not be a finite number, or its symbol
     would take the strategy past the symbol cap."""
+
+
+class TradeNotStored(TradeError):
+    """A trade refused because the store could not commit it (a full disk, a read-only or
+    removed data dir): nothing of it was applied; the message gives the store's cause."""
 
 
 class Output:
@@ -90,6 +111,7 @@ class Engine:
         store: Store,
         *,
         out: Output,
+        err: Output | None = None,
         recovery_timeout: float = 5.0,
         recovery_grace: float = 0.5,
         relay: bool = False,
@@ -106,6 +128,10 @@ class Engine:
         self._peer = peer
         self._store = store
         self._out = out
+        self._err = err or Output(None)
+        # Failing commits in a row, and when the last ERROR line said so (publish lock).
+        self._store_failures = 0
+        self._store_error_at = -_STORE_ERROR_EVERY
         positions, last_ts = store.load()
         # Mutex protecting the book and the clock.
         self._book_lock = threading.Lock()
@@ -114,8 +140,9 @@ class Engine:
         # Own positions from before this store (see _learn_own): symbol -> base timestamp.
         # Read and written under both the book lock and the publish lock.
         self._bases = store.bases()
-        # Mutex ordering what follows an apply: store commit, broadcast, rows, subscribers.
-        # Taken before the book lock is released (see _apply_trades, _apply_positions).
+        # Mutex ordering the applies and what follows each: store commit, broadcast, rows,
+        # subscribers; protects _subscribers, _bases and the store. Lock order: publish, then
+        # book (see _apply_trades, _apply_positions).
         self._publish_lock = threading.Lock()
         self._subscribers: tuple[Subscriber, ...] = ()
         # Lists of trades (a console burst of up to one 64 KiB read, or one API trade);
@@ -282,77 +309,126 @@ class Engine:
 
         Every trade gets its journal entry and its row; the store and the peers get the last
         position of each symbol in the batch (the ones before it are already superseded).
+        If the store cannot commit, every trade of the batch is refused and the book is put
+        back as it was (see ``_refuse_batch``).
         """
         name = self.name
         rows: list[str] = []
         journal: list[tuple[int, str, float, float, int, str]] = []
         latest: dict[str, Position] = {}
-        changes: list[Position] | None = [] if self._subscribers else None
         futures: list[tuple[Future[Any], Position | TradeError | None]] = []
         time_ns = time.time_ns
         new = tuple.__new__  # Position(...) without NamedTuple's slower __new__
         now_ns = time_ns()
-        self._book_lock.acquire()
-        try:
-            own = self._book.symbols(name)
-            last = self._clock.last
-            for batch in batches:
-                for symbol, quantity, future in batch:
-                    if not symbol:  # a barrier: done once everything before it is published
+        with self._publish_lock:
+            changes: list[Position] | None = [] if self._subscribers else None
+            with self._book_lock:
+                own = self._book.symbols(name)
+                last = self._clock.last
+                for batch in batches:
+                    for symbol, quantity, future in batch:
+                        if not symbol:  # a barrier: done once everything before is published
+                            if future is not None:
+                                futures.append((future, None))
+                            continue
+                        current = own.get(symbol)
+                        if current is not None:
+                            net = current[2] + quantity + 0.0  # + 0.0: never -0.0
+                        elif len(own) < self._max_symbols:
+                            net = quantity + 0.0
+                        else:
+                            self._refuse(
+                                future,
+                                futures,
+                                f"{symbol}: this strategy already holds {self._max_symbols}"
+                                " symbols, the most a node accepts (--max-symbols)",
+                            )
+                            continue
+                        if net - net != 0.0:  # inf or nan: not finite
+                            self._refuse(
+                                future,
+                                futures,
+                                f"{symbol} {quantity:g} would make the position overflow",
+                            )
+                            continue
+                        ts = time_ns()
+                        if ts <= last:  # the wall clock stepped back, or a fast burst
+                            ts = last + 1
+                        last = ts
+                        position = new(Position, (name, symbol, net, ts))
+                        own[symbol] = latest[symbol] = position
+                        journal.append((now_ns, symbol, quantity, net, ts, "trade"))
+                        rows.append(f"{name} | {symbol} | {net:.6f} | {ts}\n")
+                        if changes is not None:
+                            changes.append(position)
                         if future is not None:
-                            futures.append((future, None))
-                        continue
-                    current = own.get(symbol)
-                    if current is not None:
-                        net = current[2] + quantity + 0.0  # + 0.0: never -0.0
-                    elif len(own) < self._max_symbols:
-                        net = quantity + 0.0
-                    else:
-                        self._refuse(
-                            future,
-                            futures,
-                            f"{symbol}: this strategy already holds {self._max_symbols}"
-                            " symbols, the most a node accepts (--max-symbols)",
-                        )
-                        continue
-                    if net - net != 0.0:  # inf or nan: not finite
-                        self._refuse(
-                            future,
-                            futures,
-                            f"{symbol} {quantity:g} would make the position overflow",
-                        )
-                        continue
-                    ts = time_ns()
-                    if ts <= last:  # the wall clock stepped back, or a fast burst
-                        ts = last + 1
-                    last = ts
-                    own[symbol] = latest[symbol] = position = new(Position, (name, symbol, net, ts))
-                    journal.append((now_ns, symbol, quantity, net, ts, "trade"))
-                    rows.append(f"{name} | {symbol} | {net:.6f} | {ts}\n")
-                    if changes is not None:
-                        changes.append(position)
-                    if future is not None:
-                        futures.append((future, position))
-            self._clock.observe(last)
-            self._publish_lock.acquire()
-        finally:
-            self._book_lock.release()
-        try:
+                            futures.append((future, position))
+                self._clock.observe(last)
             stored = list(latest.values())
-            self._publish(
-                stored if changes is None else changes,
-                stored=stored,
-                broadcast=stored,
-                rows="".join(rows),
-                journal=journal,
-            )
-        finally:
-            self._publish_lock.release()
+            try:
+                self._publish(
+                    stored if changes is None else changes,
+                    stored=stored,
+                    broadcast=stored,
+                    rows="".join(rows),
+                    journal=journal,
+                )
+            except StoreError as exc:
+                self._put_back([(name, symbol) for symbol in latest])
+                futures = self._refuse_batch(journal, futures, exc)
         for future, result in futures:
             if isinstance(result, Exception):
                 future.set_exception(result)
             else:
                 future.set_result(result)
+
+    def _refuse_batch(
+        self,
+        journal: list[tuple[int, str, float, float, int, str]],
+        futures: list[tuple[Future[Any], Position | TradeError | None]],
+        exc: StoreError,
+    ) -> list[tuple[Future[Any], Position | TradeError | None]]:
+        """The store could not commit these trades (already taken back out of the book):
+        say so on the error stream, and fail their futures. Caller holds the publish lock."""
+        cause = str(exc.__cause__ or exc)
+        shown = ", ".join(f"{entry[1]} {entry[2]:g}" for entry in journal[:_REFUSED_SHOWN])
+        more = len(journal) - _REFUSED_SHOWN
+        self._err.write(
+            f"error: {len(journal)} trade(s) refused, not stored: {shown}"
+            f"{f' and {more} more' if more > 0 else ''} ({cause})\n"
+        )
+        self._store_failed(exc, f"{len(journal)} trade(s)")
+        return [
+            (future, TradeNotStored(f"{result.symbol} not stored: {cause}"))
+            if isinstance(result, Position)
+            else (future, result)
+            for future, result in futures
+        ]
+
+    def _store_failed(self, exc: StoreError, what: str) -> None:
+        """Say that a commit failed: an ERROR line at the first failure, then at most one a
+        minute while the store keeps failing. Caller holds the publish lock."""
+        self._store_failures += 1
+        now = time.monotonic()
+        if now - self._store_error_at < _STORE_ERROR_EVERY:
+            return
+        self._store_error_at = now
+        logger.error(
+            "{} refused: {}; nothing of them is applied, and every new batch tries the store"
+            " again ({} failed commit(s) so far)",
+            what,
+            exc,
+            self._store_failures,
+        )
+
+    def _put_back(self, keys: list[tuple[str, str]]) -> None:
+        """Put the book's ``keys`` back to what the store holds, after a failed commit.
+        Caller holds the publish lock (so nothing else changes them meanwhile)."""
+        assert self._publish_lock.locked()
+        committed = self._store.committed(keys)
+        with self._book_lock:
+            self._book.put_back(keys, committed)
+            self._bases = self._store.bases()
 
     @staticmethod
     def _refuse(
@@ -366,6 +442,12 @@ class Engine:
             futures.append((future, error))
 
     def _apply_positions(self, batch: list[tuple[Connection, list[Any]]]) -> None:
+        """Apply a batch of peers' messages: positions, and their SyncDone.
+
+        If the store cannot commit, the batch's changes are taken back out of the book and
+        the connections they came from are closed: their sync, once redialled, sends them
+        again.
+        """
         name = self.name
         book = self._book
         changes: list[Position] = []
@@ -375,54 +457,45 @@ class Engine:
         bases: list[Position] = []
         journal: list[tuple[int, str, float, float, int, str]] = []
         synced: list[str] = []
-        publishing = False  # whether this thread holds the publish lock yet
         max_symbols = self._max_symbols
-        self._book_lock.acquire()
-        try:
-            apply = book.apply
-            count = book.count
-            for conn, messages in batch:
-                for message in messages:
-                    if type(message) is Position:
-                        if message.strategy != name:
-                            if count(message.strategy) >= max_symbols and self._over_cap(message):
+        with self._publish_lock:
+            with self._book_lock:
+                apply = book.apply
+                count = book.count
+                for conn, messages in batch:
+                    for message in messages:
+                        if type(message) is Position:
+                            if message.strategy != name:
+                                if count(message.strategy) >= max_symbols and self._over_cap(
+                                    message
+                                ):
+                                    continue
+                                if apply(message):
+                                    changes.append(message)
+                                    if relay:
+                                        relayed.append((message, conn))
                                 continue
-                            if apply(message):
-                                changes.append(message)
-                                if relay:
-                                    relayed.append((message, conn))
-                            continue
-                        if not publishing:
-                            # Own positions may need the store: take the publish lock now,
-                            # in lock order (book, then publish).
-                            self._publish_lock.acquire()
-                            publishing = True
-                        position = self._learn_own(message, bases, journal)
-                        if position is not None:
-                            changes.append(position)
-                            own_changes.append(position)
-                    elif type(message) is SyncDone and conn.name is not None:
-                        synced.append(conn.name)
-            if not publishing:
-                self._publish_lock.acquire()
-                publishing = True
-        except BaseException:
-            if publishing:
-                self._publish_lock.release()
-            raise
-        finally:
-            self._book_lock.release()
-        try:
-            # Own positions learnt back are broadcast: a peer may have missed them too.
-            self._publish(
-                changes,
-                broadcast=own_changes,
-                relayed=relayed,
-                journal=journal,
-                bases=bases,
-            )
-        finally:
-            self._publish_lock.release()
+                            position = self._learn_own(message, bases, journal)
+                            if position is not None:
+                                changes.append(position)
+                                own_changes.append(position)
+                        elif type(message) is SyncDone and conn.name is not None:
+                            synced.append(conn.name)
+            try:
+                # Own positions learnt back are broadcast: a peer may have missed them too.
+                self._publish(
+                    changes,
+                    broadcast=own_changes,
+                    relayed=relayed,
+                    journal=journal,
+                    bases=bases,
+                )
+            except StoreError as exc:
+                self._put_back([(p.strategy, p.symbol) for p in changes])
+                self._store_failed(exc, f"{len(changes)} position(s) from peers")
+                for conn in {conn for conn, _ in batch}:
+                    conn.close("its positions could not be stored; its next sync sends them again")
+                return
         if synced:
             self._note_synced(synced)
 
@@ -528,6 +601,8 @@ class Engine:
     ) -> None:
         """Commit, send, print and notify. Caller holds the publish lock.
 
+        Raises ``StoreError`` (before anything is sent or printed) if the commit fails.
+
         ``changes`` go to subscribers and are printed (unless ``rows`` is given) and stored
         (unless ``stored`` is). ``broadcast`` (own positions) goes to every peer; with relay,
         each of ``relayed`` (a change received from a connection) goes to every relaying peer
@@ -540,6 +615,15 @@ class Engine:
         # The clock is implied by what is stored (every timestamp issued or learnt is in a
         # journal entry, a base or an own position): no clock write per commit.
         self._store.commit(changes if stored is None else stored, None, journal or (), bases or ())
+        if self._store_failures:
+            logger.warning(
+                "store {} takes writes again: changes are stored again ({} failed commit(s)"
+                " before)",
+                self._store.path,
+                self._store_failures,
+            )
+            self._store_failures = 0
+            self._store_error_at = -_STORE_ERROR_EVERY
         if not changes:
             return
         if relayed:
@@ -624,7 +708,10 @@ class Engine:
             own = self._book.count(self.name)
         self._say_how_recovery_ended(synced, expected, own)
         with self._publish_lock:
-            self._store.mark_recovered()
+            try:
+                self._store.mark_recovered()
+            except StoreError as exc:
+                logger.warning("{}; the next start holds trades for recovery again", exc)
         self.recovering = False
         return True
 

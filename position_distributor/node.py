@@ -192,12 +192,16 @@ class Node:
     """One strategy's node: ``start()``, ``trade()``, ``positions()``, ``updates()``, ``stop()``.
 
     Rows of applied changes are written to ``out`` (the CLI passes stdout; ``None`` writes
-    nothing). Use it as a context manager to stop it for sure.
+    nothing), and an ``error:`` line for each batch of trades the store could not commit to
+    ``err`` (the CLI passes stderr). Use it as a context manager to stop it for sure.
     """
 
-    def __init__(self, config: Config, *, out: IO[str] | None = None) -> None:
+    def __init__(
+        self, config: Config, *, out: IO[str] | None = None, err: IO[str] | None = None
+    ) -> None:
         self.config = config
         self.output = Output(out)
+        self.errors = Output(err)  # ``error:`` lines for trades refused (the CLI: stderr)
         self._dispatcher = EventDispatcher()
         self._store: Store | None = None
         self._peer: Peer | None = None
@@ -264,13 +268,19 @@ class Node:
                 raise NodeError(str(exc)) from exc
             self._peer, self._store = peer, store
             if config.recover:
-                store.mark_needs_recovery()
+                try:
+                    store.mark_needs_recovery()
+                except StoreError as exc:
+                    store.close()
+                    peer.stop()
+                    raise NodeError(str(exc)) from exc
             self._engine = Engine(
                 config.name,
                 self._dispatcher,
                 peer,
                 store,
                 out=self.output,
+                err=self.errors,
                 recovery_timeout=config.recovery_timeout,
                 relay=config.relay,
                 max_symbols=config.max_symbols,
@@ -381,7 +391,9 @@ class Node:
         """Apply a trade of ``quantity`` (a signed delta) in ``symbol`` to this node's position.
 
         Returns a future set to the resulting position once it is committed to the store
-        (the moment its row is printed). Raises ``ValueError`` for a bad symbol or quantity.
+        (the moment its row is printed), or failed with ``TradeNotStored`` if the store could
+        not commit it (a full disk: nothing of it applied; trade again once it is fixed).
+        Raises ``ValueError`` for a bad symbol or quantity.
         """
         if not valid_symbol(symbol):
             raise ValueError(

@@ -150,6 +150,17 @@ class _Checkpointer:
                 logger.warning("checkpoint of the store failed: {}; will try again", exc)
 
 
+# What a commit raises for a bug of ours, not for a fault of the disk (full, read-only, I/O
+# errors, a damaged file): those propagate as they are.
+_BUGS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    """The device and inode of the file at ``path`` (raises ``OSError`` if there is none)."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
 class StoreError(Exception):
     """The store cannot be opened or used (a local problem the operator must fix)."""
 
@@ -183,6 +194,7 @@ class Store:
             db.execute("PRAGMA wal_autocheckpoint = 0")
             db.executescript(_SCHEMA)
             self._init_meta()
+            self._identity = _identity(self.path)
             self._checkpointer = _Checkpointer(self.path)
         except (sqlite3.Error, StoreError) as exc:
             if db is not None:
@@ -252,11 +264,17 @@ class Store:
     def mark_needs_recovery(self) -> None:
         """Make the next start (this one) recover from peers, as a new store would: for a
         store restored from an older copy, whose peers hold newer own positions."""
-        self._db.execute("UPDATE meta SET value = 0 WHERE key = 'recovered'")
+        self._set_meta("recovered", 0)
 
     def mark_recovered(self) -> None:
         """Record that the node has its own positions back (or started without them)."""
-        self._db.execute("UPDATE meta SET value = 1 WHERE key = 'recovered'")
+        self._set_meta("recovered", 1)
+
+    def _set_meta(self, key: str, value: object) -> None:
+        try:
+            self._db.execute("UPDATE meta SET value = ? WHERE key = ?", (value, key))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot store in {self.path}: {exc}") from exc
 
     def load(self) -> tuple[list[Position], int]:
         """Every stored position, and the clock: the greatest timestamp this node issued or
@@ -289,8 +307,9 @@ class Store:
         one transaction. ``clock`` may be None when what is stored implies it (``load`` takes
         the greatest own timestamp stored): the engine's case, one statement less a commit."""
         db = self._db
-        db.execute("BEGIN")
+        self._check_file()
         try:
+            db.execute("BEGIN")
             self._insert_many(_UPSERT_ROWS, positions)
             self._insert_many(_JOURNAL_ROWS, journal)
             if bases:
@@ -302,10 +321,46 @@ class Store:
             if clock is not None:
                 db.execute("UPDATE meta SET value = ? WHERE key = 'clock'", (clock,))
             db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
+        except BaseException as exc:
+            self._roll_back()
+            if isinstance(exc, sqlite3.Error) and not isinstance(exc, _BUGS):
+                raise StoreError(f"cannot store in {self.path}: {exc}") from exc
             raise
         self._checkpointer.committed()
+
+    def _roll_back(self) -> None:
+        """Roll back the open transaction, if SQLite has not already (it does by itself on
+        a full disk): never hide the cause behind "no transaction is active"."""
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+
+    def _check_file(self) -> None:
+        """Raise ``StoreError`` if the store's file was removed or replaced since it was
+        opened: writes would go to a file that no longer exists under its name (one stat)."""
+        try:
+            same = _identity(self.path) == self._identity
+        except OSError:
+            same = False
+        if not same:
+            raise StoreError(
+                f"store {self.path} was removed or replaced under the running node: nothing"
+                " more can be stored; restart the node (it recovers its positions from peers)"
+            )
+
+    def committed(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Position]:
+        """The stored position of each ``(strategy, symbol)`` in ``keys`` that has one: what
+        the engine puts back in its book when a commit fails."""
+        found: dict[tuple[str, str], Position] = {}
+        for strategy, symbol in keys:
+            row = self._db.execute(
+                "SELECT strategy, symbol, net_position, timestamp FROM positions"
+                " WHERE strategy = ? AND symbol = ?",
+                (strategy, symbol),
+            ).fetchone()
+            if row is not None:
+                found[strategy, symbol] = Position(*row)
+        return found
 
     def _insert_many(
         self, statement: tuple[str, str, str], rows: Iterable[tuple[Any, ...]]
@@ -377,7 +432,7 @@ class Store:
             ).fetchone()
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            self._roll_back()
             raise
         return SnapshotInfo(*row)
 

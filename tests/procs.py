@@ -154,6 +154,7 @@ class NodeProcess:
         self.heartbeat = heartbeat
         self.extra_args = list(args)
         self.env = env
+        self.preexec_fn: Callable[[], None] | None = None  # run in the child (drop privileges)
         self.cluster: Cluster | None = None  # to describe every node when a wait fails
         self.proc: subprocess.Popen[str] | None = None
         self.started_at = 0.0  # time.monotonic() of the last start()
@@ -233,6 +234,7 @@ class NodeProcess:
             text=True,
             bufsize=1,
             env=env,
+            preexec_fn=self.preexec_fn,
         )
         self._readers = [
             threading.Thread(target=self._read_stdout, args=(self.proc,), daemon=True),
