@@ -280,3 +280,34 @@ def test_a_running_node_keeps_storing_through_a_chmod_and_its_restart_is_refused
     )
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_peers_positions_that_cannot_be_stored_are_put_back_and_come_again_with_space(
+    small_fs: Path, cluster: Cluster
+) -> None:
+    """On a full disk a peer's positions are refused (ERROR with the cause), kept out of the
+    book, and arrive by the peer's resync once space is back."""
+    alpha = cluster.add("alpha", data_dir=small_fs / "data", recovery_timeout=0)
+    beta = cluster.add("beta", peers=[alpha.port], recovery_timeout=0)
+    beta.type("AAPL 1")
+    alpha.wait_for_view({("beta", "AAPL"): 1.0})
+    filler = fill(small_fs)
+    mark = alpha.mark()
+    beta.type(*burst(3000, prefix="B"))
+    alpha.wait_for_log("position(s) from peers refused", start=mark.err)
+    alpha.sync_stderr()
+    held = alpha.command_output("positions", "Current positions")
+    assert {line.split(" | ")[1] for line in held} <= {"AAPL"} | {
+        t.split()[0] for t in burst(3000, prefix="B")
+    }
+    assert len(held) == len(stored(small_fs / "data" / "alpha.sqlite3"))
+    filler.unlink()
+    expected = {("beta", "AAPL"): 1.0} | {
+        ("beta", t.split()[0]): float(t.split()[1]) for t in burst(3000, prefix="B")
+    }
+    alpha.wait_until(
+        lambda n: len(stored(small_fs / "data" / "alpha.sqlite3")) == len(expected),
+        timeout=30,
+        what="every position of beta stored",
+    )
+    assert alpha.alive and beta.alive
