@@ -7,6 +7,7 @@ import datetime as dt
 import ipaddress
 import math
 import os
+import sqlite3
 import ssl
 import threading
 from collections.abc import Callable
@@ -267,25 +268,14 @@ class Node:
                 peer.stop()
                 raise NodeError(str(exc)) from exc
             self._peer, self._store = peer, store
-            if config.recover:
-                try:
+            try:
+                if config.recover:
                     store.mark_needs_recovery()
-                except StoreError as exc:
-                    store.close()
-                    peer.stop()
-                    raise NodeError(str(exc)) from exc
-            self._engine = Engine(
-                config.name,
-                self._dispatcher,
-                peer,
-                store,
-                out=self.output,
-                err=self.errors,
-                recovery_timeout=config.recovery_timeout,
-                relay=config.relay,
-                max_symbols=config.max_symbols,
-                on_fatal=self._on_fatal,
-            )
+                self._engine = self._engine_for(peer, store)
+            except StoreError as exc:
+                store.close()
+                peer.stop()
+                raise NodeError(str(exc)) from exc
             stored = self._engine.positions()
             logger.info("store {} holds {} position(s)", store.path, len(stored))
             self._say_how_peers_are_checked(secrets, peer.port)
@@ -302,6 +292,25 @@ class Node:
                 self._timer.start()
             self._state = "running"
         return self
+
+    def _engine_for(self, peer: Peer, store: Store) -> Engine:
+        """The engine on ``store``, whose contents it loads (``StoreError`` if it cannot)."""
+        config = self.config
+        try:
+            return Engine(
+                config.name,
+                self._dispatcher,
+                peer,
+                store,
+                out=self.output,
+                err=self.errors,
+                recovery_timeout=config.recovery_timeout,
+                relay=config.relay,
+                max_symbols=config.max_symbols,
+                on_fatal=self._on_fatal,
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read store {store.path}: {exc}") from exc
 
     def _on_fatal(self, reason: str) -> None:
         """A consumer thread died: record why and tell whoever runs the node."""
