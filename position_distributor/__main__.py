@@ -17,7 +17,7 @@ from typing import IO, NoReturn
 
 from loguru import logger
 
-from .console import HELP, Command, ConsoleError, parse_line
+from .console import HELP, Command, ConsoleError, TradeCommand, parse_line, trades_of
 from .engine import DEFAULT_MAX_SYMBOLS
 from .helpformat import HelpFormatter
 from .node import Config, Node, NodeError
@@ -372,80 +372,55 @@ def _chunks_of_lines(stdin: int, stderr: IO[str]) -> Iterator[bytes]:
         yield tail + b"\n"  # a last line without its newline
 
 
-# A trade as typed, the common case, recognised by one regex on the raw bytes; anything
-# else (commands, errors) goes through console.parse_line. _TRADES finds every trade line of
-# a chunk in one call: when it finds as many as the chunk has lines, the chunk is all trades.
-_TRADE_LINE = (
-    rb"[ \t]*([A-Za-z0-9._:/-]{1,32})[ \t]+([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)[ \t]*\r?"
-)
-_TRADE = re.compile(_TRADE_LINE)
-_TRADES = re.compile(rb"^" + _TRADE_LINE + rb"$", re.MULTILINE)
-
-
-def _all_trades(block: bytes) -> list[tuple[str, float, None]] | None:
-    """The trades of a chunk if every line of it is a valid trade, else None."""
-    pairs = _TRADES.findall(block)
-    if len(pairs) != block.count(b"\n"):
-        return None
-    trades = [(symbol.decode(), float(quantity), None) for symbol, quantity in pairs]
-    for _, quantity, _ in trades:
-        if not quantity or quantity - quantity != 0.0:  # zero, or not finite
-            return None
-    return trades
-
-
 def run_console(node: Node, stdin: int, stderr: IO[str]) -> None:
     """Read trades and commands until EOF, ``exit`` or ``quit``.
 
     Trades read together are submitted together (one queue operation for a burst); a
-    command runs after the trades typed before it are submitted.
+    command runs after the trades typed before it are submitted. A chunk made only of trade
+    lines is taken by one regex call (``console.trades_of``); any other chunk line by line
+    (``console.parse_line``): one grammar either way.
     """
     unflushed = False  # trades submitted since the last query
-    match = _TRADE.fullmatch
     for block in _chunks_of_lines(stdin, stderr):
-        fast = _all_trades(block)
+        fast = trades_of(block)
         if fast is not None:  # the common case: a burst of trades and nothing else
             node.submit_many(fast)
             unflushed = True
             continue
-        trades: list[tuple[str, float, None]] = []
+        trades: list[tuple[str, float, None, str | None]] = []
         for raw in block.split(b"\n")[:-1]:
             if len(raw) > MAX_LINE:
                 stderr.write(f"error: line longer than {MAX_LINE} characters ignored\n")
                 stderr.flush()
                 continue
-            found = match(raw)
-            if found is not None:
-                quantity = float(found[2])
-                if quantity and quantity - quantity == 0.0:  # non-zero and finite
-                    trades.append((found[1].decode(), quantity, None))
-                    continue
             try:
-                command = parse_line(raw.decode(errors="replace"))
+                parsed = parse_line(raw.decode(errors="replace"))
             except ConsoleError as exc:
                 stderr.write(f"error: {exc}\n")
                 stderr.flush()
                 continue
-            if command is None:
+            if parsed is None:
+                continue
+            if isinstance(parsed, TradeCommand):
+                trades.append((parsed.symbol, parsed.quantity, None, parsed.trade_id))
                 continue
             if trades:
                 node.submit_many(trades)
                 trades = []
                 unflushed = True
-            assert isinstance(command, Command)  # a trade would have matched _TRADE
-            if command.name in ("exit", "quit"):
+            if parsed.name in ("exit", "quit"):
                 return
-            if unflushed and command.name != "help":
+            if unflushed and parsed.name != "help":
                 # A query sees the trades typed before it (during recovery: once they apply).
                 node.flush()
                 unflushed = False
             try:
-                _run_command(node, command)
+                _run_command(node, parsed)
             except NodeError:
                 raise  # the node is stopping
             except Exception as exc:  # e.g. a store error: say so, keep the node running
-                logger.opt(exception=True).error("{} failed", command.name)
-                stderr.write(f"error: {command.name} failed: {exc}\n")
+                logger.opt(exception=True).error("{} failed", parsed.name)
+                stderr.write(f"error: {parsed.name} failed: {exc}\n")
                 stderr.flush()
         if trades:
             node.submit_many(trades)
@@ -486,11 +461,12 @@ def _run_command(node: Node, command: Command) -> None:
         out.write("Peers\n" + ("".join(lines) or "(none configured or connected)\n") + "\n")
 
 
-def _read_console(node: Node, done: threading.Event) -> None:
+def _read_console(node: Node, done: threading.Event, failures: list[str]) -> None:
     """Console thread: run the console until its end, then say the node should stop.
 
     Stopped otherwise (a signal), the node refuses trades and this thread, possibly blocked
-    reading stdin, ends with the process.
+    reading stdin, ends with the process. A failure of the console itself (a bug) is
+    recorded in ``failures``: the node stops with exit status 1.
     """
     try:
         run_console(node, sys.stdin.fileno(), sys.stderr)
@@ -498,7 +474,8 @@ def _read_console(node: Node, done: threading.Event) -> None:
     except NodeError:
         pass  # the node is stopping
     except Exception:  # a safety net: this branch should never run
-        logger.opt(exception=True).error("console failed")
+        logger.opt(exception=True).critical("console failed")
+        failures.append("the console failed")
     finally:
         done.set()
 
@@ -513,6 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     node = Node(config, out=sys.stdout, err=sys.stderr)
     # Set by the console at its end, or by a node that can no longer apply changes (a bug).
     done = threading.Event()
+    failures: list[str] = []  # the console's, if it fails
     node.on_failure = lambda reason: done.set()
     try:
         node.start()
@@ -527,7 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # The console reads in its own thread: the main thread only waits, so a signal
             # (raised in the main thread) never lands half-way through applying a trade.
             console = threading.Thread(
-                target=_read_console, args=(node, done), name="console", daemon=True
+                target=_read_console, args=(node, done, failures), name="console", daemon=True
             )
             console.start()
         done.wait()
@@ -538,8 +516,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         node.stop()
-    if node.failure is not None:
-        logger.critical("stopped because {}", node.failure)
+    failure = node.failure or (failures[0] if failures else None)
+    if failure is not None:
+        logger.critical("stopped because {}", failure)
         return 1
     return 0
 

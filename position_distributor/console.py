@@ -1,14 +1,30 @@
-"""The console: parse a line typed at stdin into a command, or say exactly what is wrong."""
+"""The console: one grammar for a line typed at stdin, a command, or exactly what is wrong.
+
+Every path that reads the console uses the definitions here: ``parse_line`` for one line, and
+``TRADES``, the same trade grammar compiled for bytes, to take a burst of trade lines in one
+regex call (``trades_of``). Words are separated by ASCII spaces and tabs only, digits are
+ASCII digits only: a no-break space or a full-width digit makes a line an error on every path.
+"""
 
 from __future__ import annotations
 
 import math
 import re
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
-from .types import MAX_SYMBOL_LENGTH, valid_symbol
+from .types import MAX_SYMBOL_LENGTH, MAX_TRADE_ID_LENGTH, SYMBOL_CHARS
 
-__all__ = ["COMMANDS", "HELP", "Command", "ConsoleError", "TradeCommand", "parse_line"]
+__all__ = [
+    "COMMANDS",
+    "HELP",
+    "MAX_TRADE_ID_LENGTH",
+    "TRADES",
+    "Command",
+    "ConsoleError",
+    "TradeCommand",
+    "parse_line",
+    "trades_of",
+]
 
 COMMANDS = ("positions", "exposure", "peers", "history", "snapshot", "help", "exit", "quit")
 MAX_HISTORY = 10_000
@@ -16,7 +32,10 @@ MAX_LABEL = 64
 
 HELP = """\
 Commands:
-  SYMBOL QTY   apply a trade: add QTY (signed, e.g. 100 or -25.5) to this strategy's SYMBOL
+  SYMBOL QTY [TRADE_ID]
+               apply a trade: add QTY (signed, e.g. 100 or -25.5) to this strategy's SYMBOL;
+               with a TRADE_ID (1-64 of letters, digits, . _ : / -) it is applied once:
+               the same ID again is ignored, the same ID with another trade is an error
   positions    every position this node knows, by strategy then symbol
   exposure     the firm's net position per symbol, over every strategy
   peers        each peer: name, address, state, last heard
@@ -26,13 +45,34 @@ Commands:
                copy the whole view (every strategy) into the store's snapshots
   help         this text
   exit, quit   stop this node (so does end of input, Ctrl-D, Ctrl-C)
+Command words are commands in any case (a symbol spelt like one cannot be typed here).
 Rows: strategy | symbol | net position | timestamp (ns)
 """
 
-# A plain decimal number, optionally with an exponent: no nan, inf, hex or underscores.
-_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+# The grammar's pieces, as regular expressions over ASCII text (str and bytes alike).
+_BLANK = r"[ \t]"  # what separates words: nothing else (no no-break space)
+_SYMBOL = rf"[{SYMBOL_CHARS}]{{1,{MAX_SYMBOL_LENGTH}}}"
+# A plain decimal number of ASCII digits, optionally with an exponent: no nan, inf, hex,
+# underscores, or digits of other scripts.
+_NUMBER = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+_TRADE_ID = rf"[{SYMBOL_CHARS}]{{1,{MAX_TRADE_ID_LENGTH}}}"
+# A command word, in any case, followed by a blank or the end: never a symbol.
+_NOT_A_COMMAND = rf"(?!(?i:{'|'.join(COMMANDS)})(?:{_BLANK}|\r?$))"
+# One trade line: SYMBOL QTY [TRADE_ID], blanks around, an optional CR (a CRLF line ending).
+_TRADE_LINE = (
+    rf"{_BLANK}*{_NOT_A_COMMAND}({_SYMBOL}){_BLANK}+({_NUMBER})"
+    rf"(?:{_BLANK}+({_TRADE_ID}))?{_BLANK}*\r?"
+)
+_TRADE = re.compile(_TRADE_LINE)
+_WORDS = re.compile(rf"{_BLANK}+")
+# Every trade line of a chunk of bytes (lines ending in newlines), in one call.
+TRADES: Final = re.compile(("^" + _TRADE_LINE + "$").encode(), re.MULTILINE)
 # C0 and C1 control characters but tab and newline (C1 NEL \x85 would otherwise split words).
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_SYMBOL_ONLY = re.compile(_SYMBOL)
+_NUMBER_ONLY = re.compile(_NUMBER)
+_TRADE_ID_ONLY = re.compile(_TRADE_ID)
+_COUNT = re.compile(r"[0-9]{1,5}")
 
 
 class ConsoleError(ValueError):
@@ -42,6 +82,7 @@ class ConsoleError(ValueError):
 class TradeCommand(NamedTuple):
     symbol: str
     quantity: float
+    trade_id: str | None = None
 
 
 class Command(NamedTuple):
@@ -49,41 +90,78 @@ class Command(NamedTuple):
     args: tuple[str, ...] = ()  # history: (SYMBOL, N); snapshot: (LABEL,), or () for none
 
 
+def trades_of(block: bytes) -> list[tuple[str, float, None, str | None]] | None:
+    """The trades of a chunk of lines (each ending in a newline) if every line is a valid
+    trade, as ``(symbol, quantity, None, trade_id)``; else None (then parse line by line).
+
+    The burst path: one regex call over the whole chunk, the same grammar as ``parse_line``.
+    """
+    found = TRADES.findall(block)
+    if len(found) != block.count(b"\n"):
+        return None
+    trades = [
+        (symbol.decode(), float(quantity), None, trade_id.decode() if trade_id else None)
+        for symbol, quantity, trade_id in found
+    ]
+    for trade in trades:
+        quantity = trade[1]
+        if not quantity or quantity - quantity != 0.0:  # zero, or not finite
+            return None
+    return trades
+
+
 def parse_line(line: str) -> TradeCommand | Command | None:
     """Parse one console line; None for a blank line; raise ``ConsoleError`` if it is bad."""
-    line = line.rstrip("\r\n")
+    line = line.rstrip("\n")
+    trade = _TRADE.fullmatch(line)
+    if trade is not None:
+        return _trade(*trade.groups())
+    line = line.removesuffix("\r")
     control = _CONTROL.search(line)
     if control is not None:
         raise ConsoleError(
             f"control character {control.group()!r} in input; expected SYMBOL QTY or a command"
         )
-    words = line.split()
+    words = [word for word in _WORDS.split(line) if word]
     if not words:
         return None
-    if len(words) > 1 and words[0] in ("history", "snapshot"):
-        return _parse_command(words)
-    if len(words) == 1:
-        word = words[0]
-        if word.lower() == "history":
-            raise ConsoleError("expected history SYMBOL [N], e.g. history AAPL 10")
-        if word.lower() in COMMANDS:
-            return Command(word.lower())
+    if words[0].lower() in COMMANDS:
+        return _parse_command(words[0].lower(), words[1:], line)
+    odd = next((c for c in line if not c.isascii() or not c.isprintable()), None)
+    if odd is not None:
         raise ConsoleError(
-            f"{_show(word)} is not a command; expected SYMBOL QTY (e.g. AAPL 100)"
-            f" or one of: {', '.join(COMMANDS)}"
+            f"character {odd!r} (U+{ord(odd):04X}) in {_show(line)}: expected SYMBOL QTY"
+            " [TRADE_ID] in ASCII letters and digits, separated by spaces"
         )
-    if len(words) > 2:
-        raise ConsoleError(f"too many words in {_show(line)}; expected SYMBOL QTY (e.g. AAPL 100)")
-    symbol, text = words
-    if not valid_symbol(symbol):
+    if len(words) == 1:
+        raise ConsoleError(
+            f"{_show(words[0])} is not a command; expected SYMBOL QTY [TRADE_ID]"
+            f" (e.g. AAPL 100) or one of: {', '.join(COMMANDS)}"
+        )
+    if len(words) > 3:
+        raise ConsoleError(
+            f"too many words in {_show(line)}; expected SYMBOL QTY [TRADE_ID] (e.g. AAPL 100)"
+        )
+    symbol, text = words[:2]
+    if _SYMBOL_ONLY.fullmatch(symbol) is None:
         raise ConsoleError(
             f"invalid symbol {_show(symbol)}: expected 1-{MAX_SYMBOL_LENGTH} of letters,"
             " digits and . _ : / -"
         )
-    if _NUMBER.fullmatch(text) is None:
+    if _NUMBER_ONLY.fullmatch(text) is None:
         raise ConsoleError(
             f"invalid quantity {_show(text)}: expected a signed decimal number (e.g. 100, -2.5)"
         )
+    if len(words) == 3 and _TRADE_ID_ONLY.fullmatch(words[2]) is None:
+        raise ConsoleError(
+            f"invalid trade ID {_show(words[2])}: expected 1-{MAX_TRADE_ID_LENGTH} of letters,"
+            " digits and . _ : / -"
+        )
+    raise AssertionError(f"the trade grammar refused {line!r}")  # pragma: no cover
+
+
+def _trade(symbol: str, text: str, trade_id: str | None) -> TradeCommand:
+    """A trade whose words match the grammar: check what a regex cannot (range, zero)."""
     quantity = float(text)
     if not math.isfinite(quantity):
         raise ConsoleError(
@@ -93,7 +171,7 @@ def parse_line(line: str) -> TradeCommand | Command | None:
         raise ConsoleError(
             f"quantity {_show(text)} is zero: expected a non-zero change (e.g. 100, -2.5)"
         )
-    return TradeCommand(symbol, quantity)
+    return TradeCommand(symbol, quantity, trade_id)
 
 
 def _show(text: str, limit: int = 40) -> str:
@@ -103,27 +181,34 @@ def _show(text: str, limit: int = 40) -> str:
     return repr(text)
 
 
-def _parse_command(words: list[str]) -> Command:
-    """``history SYMBOL [N]`` or ``snapshot [LABEL]`` (lowercase: ``HISTORY 5`` is a trade)."""
-    name, args = words[0], words[1:]
+def _parse_command(name: str, args: list[str], line: str) -> Command:
+    """A command word (any case) and its arguments: ``history SYMBOL [N]``, ``snapshot
+    [LABEL]``; the others take none (``positions 5`` is an error, never a trade)."""
     if name == "snapshot":
-        label = " ".join(args)
+        label = line.strip(" \t")[len(name) :].strip(" \t")
         if len(label) > MAX_LABEL or not label.isprintable():
             raise ConsoleError(
                 f"invalid label {_show(label)}: expected up to {MAX_LABEL} characters"
             )
-        return Command(name, (label,))
-    if len(args) > 2:
-        raise ConsoleError("expected history SYMBOL [N], e.g. history AAPL 10")
-    symbol = args[0]
-    if not valid_symbol(symbol):
+        return Command(name, (label,) if label else ())
+    if name == "history":
+        if not 1 <= len(args) <= 2:
+            raise ConsoleError("expected history SYMBOL [N], e.g. history AAPL 10")
+        symbol = args[0]
+        if _SYMBOL_ONLY.fullmatch(symbol) is None:
+            raise ConsoleError(
+                f"invalid symbol {_show(symbol)}: expected 1-{MAX_SYMBOL_LENGTH} of letters,"
+                " digits and . _ : / -"
+            )
+        count = args[1] if len(args) == 2 else "20"
+        if _COUNT.fullmatch(count) is None or not 1 <= int(count) <= MAX_HISTORY:
+            raise ConsoleError(
+                f"invalid count {_show(count)}: expected a whole number of trades, 1-{MAX_HISTORY}"
+            )
+        return Command(name, (symbol, count))
+    if args:
         raise ConsoleError(
-            f"invalid symbol {_show(symbol)}: expected 1-{MAX_SYMBOL_LENGTH} of letters,"
-            " digits and . _ : / -"
+            f"{name} takes no arguments, got {_show(' '.join(args))}; a trade is SYMBOL QTY,"
+            f" and {name!r} is a command word, never a symbol"
         )
-    count = args[1] if len(args) == 2 else "20"
-    if not count.isascii() or not count.isdigit() or not 1 <= int(count) <= MAX_HISTORY:
-        raise ConsoleError(
-            f"invalid count {_show(count)}: expected a whole number of trades, 1-{MAX_HISTORY}"
-        )
-    return Command(name, (symbol, count))
+    return Command(name)

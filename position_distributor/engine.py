@@ -98,6 +98,7 @@ class _Trade(NamedTuple):
     symbol: str  # "" for a barrier (see Engine.barrier)
     quantity: float
     future: Future[Any] | None
+    trade_id: str | None = None  # makes the trade's intake exactly-once (see _replayed)
 
 
 class Engine:
@@ -213,16 +214,22 @@ class Engine:
 
     # What the node is asked for.
 
-    def submit(self, symbol: str, quantity: float, future: Future[Any] | None = None) -> bool:
+    def submit(
+        self,
+        symbol: str,
+        quantity: float,
+        future: Future[Any] | None = None,
+        trade_id: str | None = None,
+    ) -> bool:
         """Queue a validated trade; False if the trade consumer is stopping (not queued).
 
         Blocks while the trade queue is full (backpressure).
         """
-        return self._trades.put([_Trade(symbol, quantity, future)])
+        return self._trades.put([_Trade(symbol, quantity, future, trade_id)])
 
-    def submit_many(self, trades: list[tuple[str, float, None]]) -> bool:
-        """Queue validated ``(symbol, quantity, None)`` trades at once (the console's burst
-        path, which builds them so); False if stopping."""
+    def submit_many(self, trades: list[tuple[str, float, None, str | None]]) -> bool:
+        """Queue validated ``(symbol, quantity, None, trade_id)`` trades at once (the
+        console's burst path, which builds them so); False if stopping."""
         return self._trades.put(trades)  # type: ignore[arg-type]  # the same shape as _Trade
 
     def barrier(self) -> Future[None]:
@@ -317,19 +324,26 @@ class Engine:
         journal: list[tuple[int, str, float, float, int, str]] = []
         latest: dict[str, Position] = {}
         futures: list[tuple[Future[Any], Position | TradeError | None]] = []
+        trade_ids: dict[str, tuple[float, Position]] = {}  # of this batch: id -> trade
         time_ns = time.time_ns
         new = tuple.__new__  # Position(...) without NamedTuple's slower __new__
         now_ns = time_ns()
         with self._publish_lock:
             changes: list[Position] | None = [] if self._subscribers else None
+            given = [trade[3] for batch in batches for trade in batch if trade[3] is not None]
+            known = self._store.trades(given) if given else {}
             with self._book_lock:
                 own = self._book.symbols(name)
                 last = self._clock.last
                 for batch in batches:
-                    for symbol, quantity, future in batch:
+                    for symbol, quantity, future, trade_id in batch:
                         if not symbol:  # a barrier: done once everything before is published
                             if future is not None:
                                 futures.append((future, None))
+                            continue
+                        if trade_id is not None and self._replayed(
+                            symbol, quantity, future, trade_id, trade_ids, known, futures
+                        ):
                             continue
                         current = own.get(symbol)
                         if current is not None:
@@ -363,6 +377,8 @@ class Engine:
                             changes.append(position)
                         if future is not None:
                             futures.append((future, position))
+                        if trade_id is not None:
+                            trade_ids[trade_id] = (quantity, position)
                 self._clock.observe(last)
             stored = list(latest.values())
             try:
@@ -372,6 +388,7 @@ class Engine:
                     broadcast=stored,
                     rows="".join(rows),
                     journal=journal,
+                    trade_ids=[(tid, p.timestamp) for tid, (_, p) in trade_ids.items()],
                 )
             except StoreError as exc:
                 self._put_back([(name, symbol) for symbol in latest])
@@ -381,6 +398,44 @@ class Engine:
                 future.set_exception(result)
             else:
                 future.set_result(result)
+
+    def _replayed(
+        self,
+        symbol: str,
+        quantity: float,
+        future: Future[Any] | None,
+        trade_id: str,
+        batch: dict[str, tuple[float, Position]],
+        known: dict[str, tuple[str, float, float, int]],
+        futures: list[tuple[Future[Any], Position | TradeError | None]],
+    ) -> bool:
+        """Whether a trade's ID was applied before (in this batch, or in the store, whose
+        answers for the batch's IDs are ``known``): then
+        the trade is not applied again. The same trade again is ignored with a notice, and
+        its future gets the position that trade produced; another trade under the same ID is
+        refused. Caller holds the book lock."""
+        seen = batch.get(trade_id)
+        if seen is None:
+            stored = known.get(trade_id)
+            if stored is None:
+                return False
+            seen = stored[1], Position(self.name, stored[0], stored[2], stored[3])
+        first_quantity, produced = seen
+        if produced.symbol == symbol and first_quantity == quantity:
+            self._err.write(
+                f"notice: trade {trade_id} ({symbol} {quantity:g}) was already applied,"
+                f" giving {produced.net_position:.6f} at {produced.timestamp}; ignored\n"
+            )
+            if future is not None:
+                futures.append((future, produced))
+        else:
+            self._refuse(
+                future,
+                futures,
+                f"trade ID {trade_id} was already used for {produced.symbol}"
+                f" {first_quantity:g}; {symbol} {quantity:g} is not applied",
+            )
+        return True
 
     def _refuse_batch(
         self,
@@ -598,6 +653,7 @@ class Engine:
         relayed: list[tuple[Position, Connection]] | None = None,
         journal: list[tuple[int, str, float, float, int, str]] | None = None,
         bases: list[Position] | None = None,
+        trade_ids: list[tuple[str, int]] | None = None,
     ) -> None:
         """Commit, send, print and notify. Caller holds the publish lock.
 
@@ -614,7 +670,9 @@ class Engine:
             return
         # The clock is implied by what is stored (every timestamp issued or learnt is in a
         # journal entry, a base or an own position): no clock write per commit.
-        self._store.commit(changes if stored is None else stored, None, journal or (), bases or ())
+        self._store.commit(
+            changes if stored is None else stored, None, journal or (), bases or (), trade_ids
+        )
         if self._store_failures:
             logger.warning(
                 "store {} takes writes again: changes are stored again ({} failed commit(s)"

@@ -27,7 +27,14 @@ from .engine import DEFAULT_MAX_SYMBOLS, Engine, Output, Subscriber
 from .peer import Limits, Peer, PeerStatus
 from .store import JournalEntry, SnapshotInfo, Store, StoreError
 from .transport import TlsError, make_tls_contexts
-from .types import MAX_SYMBOL_LENGTH, Position, valid_strategy, valid_symbol
+from .types import (
+    MAX_SYMBOL_LENGTH,
+    MAX_TRADE_ID_LENGTH,
+    Position,
+    valid_strategy,
+    valid_symbol,
+    valid_trade_id,
+)
 
 __all__ = ["Config", "Node", "NodeError", "Updates", "UpdatesOverflow"]
 
@@ -396,8 +403,15 @@ class Node:
     ) -> None:
         self.stop()
 
-    def trade(self, symbol: str, quantity: float) -> Future[Position]:
+    def trade(
+        self, symbol: str, quantity: float, *, trade_id: str | None = None
+    ) -> Future[Position]:
         """Apply a trade of ``quantity`` (a signed delta) in ``symbol`` to this node's position.
+
+        With a ``trade_id`` (1-64 of letters, digits, ``. _ : / -``; per strategy), the trade
+        is applied at most once, across restarts: the same ID with the same symbol and
+        quantity again is not applied, and its future gets the position the first one
+        produced; the same ID with another trade fails with ``TradeError``.
 
         Returns a future set to the resulting position once it is committed to the store
         (the moment its row is printed), or failed with ``TradeNotStored`` if the store could
@@ -416,19 +430,19 @@ class Node:
             value = math.inf
         if not math.isfinite(value) or value == 0:
             raise ValueError(f"invalid quantity {quantity!r}: expected a finite non-zero number")
+        if trade_id is not None and not valid_trade_id(trade_id):
+            raise ValueError(
+                f"invalid trade ID {trade_id!r}: use 1-{MAX_TRADE_ID_LENGTH} of letters,"
+                " digits, . _ : / -"
+            )
         future: Future[Position] = Future()
-        if not self._started().submit(symbol, value, future):
+        if not self._started().submit(symbol, value, future, trade_id):
             raise NodeError(f"node {self.name} is stopping")
         return future
 
-    def submit(self, symbol: str, quantity: float) -> None:
-        """Queue an already validated trade without a future (the console's fast path)."""
-        if not self._started().submit(symbol, quantity):
-            raise NodeError(f"node {self.name} is stopping")
-
-    def submit_many(self, trades: list[tuple[str, float, None]]) -> None:
-        """Queue already validated ``(symbol, quantity, None)`` trades at once (the console's
-        burst path)."""
+    def submit_many(self, trades: list[tuple[str, float, None, str | None]]) -> None:
+        """Queue already validated ``(symbol, quantity, None, trade_id)`` trades at once (the
+        console's path)."""
         if not self._started().submit_many(trades):
             raise NodeError(f"node {self.name} is stopping")
 

@@ -10,21 +10,27 @@ __all__ = [
     "MAX_STRATEGY_LENGTH",
     "MAX_SYMBOL_LENGTH",
     "MAX_TIMESTAMP",
+    "MAX_TRADE_ID_LENGTH",
+    "SYMBOL_CHARS",
     "Position",
     "format_row",
     "invalid_position_reason",
     "valid_strategy",
     "valid_symbol",
+    "valid_trade_id",
 ]
 
 MAX_SYMBOL_LENGTH = 32
 MAX_STRATEGY_LENGTH = 64
+MAX_TRADE_ID_LENGTH = 64
 # Nanoseconds since the epoch, in the year 2116: beyond any real clock, and far enough below
 # int64's end that a clock raised to it (by an echoed position) never overflows the wire.
 MAX_TIMESTAMP = 1 << 62
 
-# Symbols as exchanges spell them: letters, digits (Tokyo's 7203), and . _ : / -
-_SYMBOL = re.compile(rf"[A-Za-z0-9._:/-]{{1,{MAX_SYMBOL_LENGTH}}}")
+# Symbols as exchanges spell them (and trade IDs): letters, digits (Tokyo's 7203), . _ : / -
+SYMBOL_CHARS = "A-Za-z0-9._:/-"  # a regex character class's contents
+_SYMBOL = re.compile(rf"[{SYMBOL_CHARS}]{{1,{MAX_SYMBOL_LENGTH}}}")
+_TRADE_ID = re.compile(rf"[{SYMBOL_CHARS}]{{1,{MAX_TRADE_ID_LENGTH}}}")
 # Strategy names also name the store file, so no path separators.
 _STRATEGY = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_STRATEGY_LENGTH}}}")
 
@@ -50,6 +56,11 @@ def format_row(position: Position) -> str:
 def valid_symbol(symbol: str) -> bool:
     """Whether ``symbol`` is 1-32 characters of ``[A-Za-z0-9._:/-]``."""
     return _SYMBOL.fullmatch(symbol) is not None
+
+
+def valid_trade_id(trade_id: str) -> bool:
+    """Whether ``trade_id`` is 1-64 characters of ``[A-Za-z0-9._:/-]``."""
+    return _TRADE_ID.fullmatch(trade_id) is not None
 
 
 def valid_strategy(name: str) -> bool:

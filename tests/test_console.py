@@ -17,6 +17,7 @@ from position_distributor.console import (
     ConsoleError,
     TradeCommand,
     parse_line,
+    trades_of,
 )
 from position_distributor.types import valid_symbol
 
@@ -77,10 +78,23 @@ def test_blank_lines_are_nothing(line: str) -> None:
 @pytest.mark.parametrize(
     ("line", "words"),
     [
-        ("AAPL", "'AAPL' is not a command; expected SYMBOL QTY (e.g. AAPL 100) or one of:"),
+        ("AAPL", "'AAPL' is not a command; expected SYMBOL QTY [TRADE_ID] (e.g. AAPL 100) or"),
         ("positons", "'positons' is not a command; expected SYMBOL QTY"),
         ("AAPL abc", "invalid quantity 'abc': expected a signed decimal number"),
-        ("AAPL 1 2", "too many words in 'AAPL 1 2'; expected SYMBOL QTY"),
+        ("AAPL 1 2 3", "too many words in 'AAPL 1 2 3'; expected SYMBOL QTY [TRADE_ID]"),
+        ("AAPL 1 ID 4", "too many words in 'AAPL 1 ID 4'"),
+        ("AAPL 1 $X", "invalid trade ID '$X': expected 1-64 of letters"),
+        ("AAPL 1 " + "X" * 65, "invalid trade ID 'XXXXXXXX"),
+        ("AAPL \uff11\uff10\uff10", "character '\uff11' (U+FF11)"),
+        ("AAPL\u00a0100", "character '\\xa0' (U+00A0)"),
+        ("AAPL 1\u00a0X1", "character '\\xa0' (U+00A0)"),
+        ("AAPL \u0661", "character '\u0661' (U+0661)"),
+        ("positions 5", "positions takes no arguments, got '5'"),
+        ("POSITIONS 5", "positions takes no arguments"),
+        ("exit 1", "exit takes no arguments"),
+        ("quit now", "quit takes no arguments"),
+        ("help me", "help takes no arguments"),
+        ("peers 1 2", "peers takes no arguments"),
         ("AAPL nan", "invalid quantity 'nan': expected a signed decimal number"),
         ("AAPL NaN", "invalid quantity 'NaN': expected a signed decimal number"),
         ("AAPL inf", "invalid quantity 'inf': expected a signed decimal number"),
@@ -96,7 +110,7 @@ def test_blank_lines_are_nothing(line: str) -> None:
         ("MSFT -0.0", "quantity '-0.0' is zero: expected a non-zero change"),
         ("A" * 33 + " 1", "expected 1-32 of letters, digits and . _ : / -"),
         ("AA$PL 1", "invalid symbol 'AA$PL': expected 1-32 of letters"),
-        ("\u00c4PPL 1", "invalid symbol '\u00c4PPL': expected 1-32 of letters"),
+        ("\u00c4PPL 1", "character '\u00c4' (U+00C4)"),
         ("AAPL\x00 1", "control character '\\x00' in input; expected SYMBOL QTY or a command"),
         ("\x1b[A", "control character '\\x1b' in input; expected SYMBOL QTY"),
         ("AAPL 1\x7f", "control character '\\x7f' in input"),
@@ -195,6 +209,40 @@ def test_bad_history_and_snapshot_say_what_is_expected(line: str, expected: str)
         parse_line(line)
 
 
-def test_uppercase_history_is_a_trade() -> None:
-    """Only lowercase ``history`` is a command: ``HISTORY 5`` trades the symbol HISTORY."""
-    assert parse_line("HISTORY 5") == TradeCommand("HISTORY", 5.0)
+def test_a_command_word_in_any_case_is_the_command_never_a_trade() -> None:
+    """A command word is a command in any case, with or without arguments: ``HISTORY 5`` is
+    the history of the symbol 5, never a trade of a symbol named HISTORY."""
+    assert parse_line("HISTORY 5") == Command("history", ("5", "20"))
+    assert parse_line("Snapshot eod") == Command("snapshot", ("eod",))
+
+
+@pytest.mark.parametrize(
+    ("line", "trade"),
+    [
+        ("AAPL 1 2", TradeCommand("AAPL", 1.0, "2")),
+        ("AAPL 100 fill-2026-12-02/000123", TradeCommand("AAPL", 100.0, "fill-2026-12-02/000123")),
+        ("  7203\t-5\tX:Y.Z_1 \r\n", TradeCommand("7203", -5.0, "X:Y.Z_1")),
+        ("AAPL 1 " + "i" * 64, TradeCommand("AAPL", 1.0, "i" * 64)),
+    ],
+)
+def test_a_third_word_is_the_trade_id(line: str, trade: TradeCommand) -> None:
+    """``SYMBOL QTY TRADE_ID``: the third word is the trade's ID (1-64 of the symbol's
+    characters)."""
+    assert parse_line(line) == trade
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=30))
+def test_the_burst_path_and_parse_line_agree_on_any_line(text: str) -> None:
+    """For any line, the burst regex takes it exactly when parse_line says it is a trade, and
+    as the same trade: one grammar on every path."""
+    line = text.replace("\n", "") + "\n"
+    burst = trades_of(line.encode())
+    try:
+        parsed = parse_line(line)
+    except ConsoleError:
+        parsed = None
+    if burst is None:
+        assert not isinstance(parsed, TradeCommand)
+    else:
+        ((symbol, quantity, _, trade_id),) = burst
+        assert parsed == TradeCommand(symbol, quantity, trade_id)

@@ -74,7 +74,9 @@ def test_every_own_trade_is_journalled_before_its_row_is_printed(
     alpha, _ = nodes.start("alpha", rows=Rows(before_write=check), peers=(beta.port,))
     started_ns = time.time_ns()
     made = [alpha.trade(symbol, q).result(10) for symbol, q in [("AAPL", 100), ("AAPL", -25.5)]]
-    alpha.submit_many([("MSFT", 3.0, None), ("AAPL", 0.5, None), ("MSFT", -1.0, None)])
+    alpha.submit_many(
+        [("MSFT", 3.0, None, None), ("AAPL", 0.5, None, None), ("MSFT", -1.0, None, None)]
+    )
     assert alpha.flush(10)
     beta.trade("AAPL", 7).result(10)
     made.append(alpha.trade("7203", 1e3).result(10))

@@ -359,7 +359,7 @@ def test_a_snapshot_never_splits_a_batch_of_trades(nodes: Nodes) -> None:
     infos = []
     for _ in range(bursts):
         # Queued, not awaited: the snapshot races the trade consumer applying the burst.
-        node.submit_many([("AAPL", 1.0, None), ("MSFT", 1.0, None)])
+        node.submit_many([("AAPL", 1.0, None, None), ("MSFT", 1.0, None, None)])
         infos.append(node.snapshot("during"))
     assert node.flush(30)
     infos.append(node.snapshot("after"))
