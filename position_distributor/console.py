@@ -208,7 +208,7 @@ def _parse_command(name: str, args: list[str], line: str) -> Command:
         return Command(name, (symbol, count))
     if args:
         raise ConsoleError(
-            f"{name} takes no arguments, got {_show(' '.join(args))}; a trade is SYMBOL QTY,"
-            f" and {name!r} is a command word, never a symbol"
+            f"{name} takes no arguments, got {_show(' '.join(args))}: expected {name} alone"
+            f" ({name!r} is a command word, never a symbol)"
         )
     return Command(name)

@@ -240,7 +240,12 @@ def test_help_wraps_its_text_and_groups_the_limits() -> None:
 BAD_LINES = [
     "AAPL",
     "AAPL abc",
-    "AAPL 1 2",
+    "AAPL 1 2 3",
+    "AAPL 1 $ID",
+    "positions 5",
+    "exit 1",
+    "AAPL \uff11\uff10\uff10",
+    "AAPL\u00a0100",
     "AAPL nan",
     "AAPL inf",
     "AAPL -inf",
