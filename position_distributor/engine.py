@@ -49,6 +49,9 @@ _SYNC_SLICE: Final = 2048  # positions encoded and queued at a time by a sync
 _MAX_BATCH: Final = 8192  # trades or messages per batch: bounds a transaction and a write
 _STORE_ERROR_EVERY: Final = 60.0  # seconds between ERROR lines while the store keeps failing
 _REFUSED_SHOWN: Final = 5  # trades named in the error line of a refused batch
+# An own position sent back stamped further ahead of this machine's clock than this was
+# stamped by a clock that ran ahead (in this node's past), not by a live node: see _learn_own.
+_MAX_CLOCK_SKEW_NS: Final = 60 * 10**9
 
 
 class TradeError(Exception):
@@ -141,6 +144,7 @@ class Engine:
         # Own positions from before this store (see _learn_own): symbol -> base timestamp.
         # Read and written under both the book lock and the publish lock.
         self._bases = store.bases()
+        self._lineage = store.lineage  # see Store.lineage and _learn_own
         # Mutex ordering the applies and what follows each: store commit, broadcast, rows,
         # subscribers; protects _subscribers, _bases and the store. Lock order: publish, then
         # book (see _apply_trades, _apply_positions).
@@ -594,14 +598,19 @@ class Engine:
         ):
             return None
         current = self._book.get(self.name, symbol)
+        ahead = echo.timestamp - time.time_ns()  # > 0: stamped by a clock that ran ahead
         if (
             current is not None
             and echo.timestamp > current.timestamp
             and not self.recovering
+            and ahead <= _MAX_CLOCK_SKEW_NS
             and self._store.issued(symbol, current.timestamp)
         ):
             # Newer than what this node wrote itself, outside recovery: never its own past.
             # (A store restored from an old copy looks the same: start it with --recover.)
+            # Not when it is stamped well in the future: no node with a right clock wrote it,
+            # so it comes from this node's past, when its clock ran ahead (then its store was
+            # lost), and the timestamps cannot say which came first.
             logger.error(
                 "refused {} {} @ {} sent back as ours: newer than this node's own {} @ {};"
                 " if this store was restored from an older copy, restart with --recover",
@@ -616,9 +625,11 @@ class Engine:
             return None
         self._bases[symbol] = echo.timestamp
         bases.append(echo)
-        # Only the trades made after it: a store restored from an old copy holds trades that
-        # the base already includes.
-        quantities = self._store.quantities(symbol, after=echo.timestamp)
+        # Only the trades the base cannot include: those of this store's own lineage (all of
+        # a store created empty, whatever the clocks said), and those made after the base (a
+        # store restored from an old copy holds trades that the base already includes).
+        after = echo.timestamp if self._lineage is None else min(echo.timestamp, self._lineage)
+        quantities = self._store.quantities(symbol, after=after)
         if not quantities:
             return echo if self._book.apply(echo) else None
         net = echo.net_position
@@ -634,10 +645,13 @@ class Engine:
             )
         )
         logger.warning(
-            "{}: a peer sent back {} from before this store; with the {} trade(s) since,"
+            "{}: a peer sent back {} from before this store{}; with the {} trade(s) since,"
             " the position is now {}",
             symbol,
             echo.net_position,
+            f" (stamped {ahead / 1e9:.0f}s ahead of this machine's clock)"
+            if ahead > _MAX_CLOCK_SKEW_NS
+            else "",
             len(quantities),
             position.net_position,
         )

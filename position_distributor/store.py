@@ -258,6 +258,9 @@ class Store:
                         ("strategy", self.name),
                         ("clock", 0),
                         ("recovered", 0),
+                        # Journal timestamp after which every trade is this store's own: no
+                        # position from before it includes them (see lineage).
+                        ("lineage", 0),
                     ],
                 )
             elif rows.get("strategy") != self.name:
@@ -289,8 +292,25 @@ class Store:
 
     def mark_needs_recovery(self) -> None:
         """Make the next start (this one) recover from peers, as a new store would: for a
-        store restored from an older copy, whose peers hold newer own positions."""
+        store restored from an older copy, whose peers hold newer own positions. The trades
+        journalled so far are taken to be in what the peers hold (see ``lineage``)."""
+        try:
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value)"
+                " VALUES ('lineage', (SELECT coalesce(max(timestamp), 0) FROM journal))"
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot store in {self.path}: {exc}") from exc
         self._set_meta("recovered", 0)
+
+    @property
+    def lineage(self) -> int | None:
+        """The journal timestamp after which every trade is this store's own, never in an own
+        position learnt back from before this store: 0 for a store created empty (a new or
+        lost store), the journal's last timestamp when a restored copy was started with
+        ``--recover``; None if unknown (a store made before this was recorded)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'lineage'").fetchone()
+        return None if row is None else int(row[0])
 
     def mark_recovered(self) -> None:
         """Record that the node has its own positions back (or started without them)."""
