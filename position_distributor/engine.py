@@ -32,7 +32,7 @@ from .consumer import Consumer
 from .dispatcher import Event, EventDispatcher
 from .peer import Connection, Peer
 from .store import JournalEntry, SnapshotInfo, Store, StoreError
-from .types import Position
+from .types import ROW_LINE, Position
 from .wire import SyncDone, encode, encode_position
 
 __all__ = [
@@ -376,7 +376,7 @@ class Engine:
                         position = new(Position, (name, symbol, net, ts))
                         own[symbol] = latest[symbol] = position
                         journal.append((now_ns, symbol, quantity, net, ts, "trade"))
-                        rows.append(f"{name} | {symbol} | {net:.6f} | {ts}\n")
+                        rows.append(ROW_LINE % position)
                         if changes is not None:
                             changes.append(position)
                         if future is not None:
@@ -705,7 +705,7 @@ class Engine:
                 b"".join(map(encode_position, broadcast))
             )
         if rows is None:
-            rows = "".join([f"{p[0]} | {p[1]} | {p[2]:.6f} | {p[3]}\n" for p in changes])
+            rows = "".join([ROW_LINE % p for p in changes])
         self._out.write(rows)
         for subscriber in self._subscribers:
             subscriber.deliver(changes)

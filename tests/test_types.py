@@ -13,6 +13,7 @@ from position_distributor.types import (
     MAX_STRATEGY_LENGTH,
     MAX_SYMBOL_LENGTH,
     MAX_TIMESTAMP,
+    ROW_LINE,
     Position,
     format_row,
     invalid_position_reason,
@@ -113,6 +114,21 @@ def test_strategy_names(name: str, valid: bool) -> None:
 
 
 # Properties.
+
+
+@given(
+    st.builds(
+        Position,
+        st.text(max_size=70),
+        st.text(max_size=40),
+        st.floats(),
+        st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    )
+)
+def test_row_line_is_the_row_and_a_newline(position: Position) -> None:
+    """The engine's ``ROW_LINE % position`` prints exactly ``format_row`` and a newline, for
+    any float (rounding, huge, infinite, NaN, -0.0) and any timestamp."""
+    assert ROW_LINE % position == format_row(position) + "\n"
 
 
 @given(st.text(alphabet=st.sampled_from(sorted(SYMBOL_CHARS | set(NEAR_MISSES))), max_size=40))
