@@ -67,6 +67,18 @@ def test_an_idle_consumer_lets_a_producer_thread_apply_its_item(
     assert applied.batches == [[1]] and applied.threads == ["producer"]
 
 
+def test_a_burst_goes_to_the_thread_even_when_idle(started: list[Consumer[int]]) -> None:
+    """An item of more than 256 (by its size) is applied by the consumer's thread, so the
+    producer can read on meanwhile; one of 256 is still applied inline."""
+    applied = Applied()
+    consumer = start(started, applied, size=lambda item: item)
+    in_thread(consumer.put, 256)
+    in_thread(consumer.put, 257)
+    wait_until(lambda: len(applied.items()) == 2, 5, "both items to be applied")
+    assert applied.batches == [[256], [257]]
+    assert applied.threads == ["producer", "consume-test"]
+
+
 def test_the_main_thread_never_applies_inline(
     started: list[Consumer[int]],
 ) -> None:
