@@ -293,15 +293,21 @@ def test_round_trip_keeps_the_printed_form(position: Position) -> None:
 @given(
     st.builds(
         Position,
-        st.text(max_size=90),
-        st.text(max_size=90),
-        st.floats(),
-        st.integers(min_value=-(2**63), max_value=2**63 - 1),
+        st.one_of(st.sampled_from(["strategy_1", "s", "x" * 64, ""]), st.text(max_size=90)),
+        st.one_of(st.sampled_from(["AAPL", "a" * 32, "7203.T", ""]), st.text(max_size=90)),
+        st.one_of(st.floats(), st.sampled_from([0.0, -0.0, 1e-310, math.nan, -math.inf])),
+        st.one_of(
+            st.integers(min_value=2**56 - 2, max_value=2**56 + 2**22),
+            st.integers(min_value=2**56, max_value=2**63 - 1),
+            st.integers(min_value=2**63 - 2**22, max_value=2**63 - 1),
+            st.integers(min_value=-(2**63), max_value=2**63 - 1),
+        ),
     )
 )
 def test_encode_position_is_the_envelope_protobuf_writes(position: Position) -> None:
-    """The frame built by hand around a SymbolPos is byte for byte the Envelope protobuf's own
-    serialization, short or long (128 bytes and more take the Envelope's general path)."""
+    """The frame written by hand is byte for byte the Envelope protobuf's own serialization:
+    any name, any float (zero is left out), any timestamp (a clock reading's 9-byte varint
+    and the rest), short or long (128 bytes and more take protobuf's path)."""
     envelope = pb.Envelope(
         position=pb.SymbolPos(
             strategy_name=position.strategy,
