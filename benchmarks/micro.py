@@ -335,7 +335,7 @@ def main() -> None:
         add(
             "sender",
             "Engine._apply_trades, batch of 4096 (per trade; store, encode, rows)",
-            per_call(lambda: engine._apply_trades(batch), BATCH),
+            per_call(lambda: engine._apply_trades([batch]), BATCH),
         )
         conn = _FakeConn()
         counter = [10**18]
@@ -369,5 +369,97 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+class _RecordingPeer(_FakePeer):
+    """Stands in for Peer: keeps what would be broadcast (the byte stream a peer receives)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stream: list[bytes] = []
+
+    def broadcast(self, data: bytes, *, exclude: Any = None) -> int:
+        self.stream.append(data)
+        return 1
+
+    def connections(self) -> tuple[()]:
+        return ()
+
+
+def no_coalescing(count: int = 20_000, repeats: int = 5) -> dict[str, float]:
+    """W1N's path in one process, step by step, in CPU us per trade (best of ``repeats``):
+    a symbol per trade, so every trade is stored, encoded, sent, received, stored and printed
+    on its own. The sender: the console's parse of 64 KiB reads, ``Engine._apply_trades``
+    (book, clock, journal, store, encode, rows); the receiver: ``Protocol.receive_data``
+    of 64 KiB reads (cut, parse, check), ``Engine._apply_positions`` (book, store, rows).
+    Each repeat uses fresh symbols, as W1N does."""
+    from position_distributor.__main__ import _all_trades
+    from position_distributor.engine import _Trade
+    from position_distributor.wire import encode_positions
+
+    tmp = Path(tempfile.mkdtemp(prefix="pd-micro-"))
+    sink = Output(open("/dev/null", "w"))  # noqa: SIM115
+    best: dict[str, float] = {}
+    try:
+        peer = _RecordingPeer()
+        sender = Engine(  # type: ignore[arg-type]
+            "strategy_1", EventDispatcher(), peer, Store(tmp / "a", "strategy_1"), out=sink,
+            max_symbols=10**7,
+        )  # fmt: skip
+        receiver = Engine(  # type: ignore[arg-type]
+            "strategy_2", EventDispatcher(), _FakePeer(), Store(tmp / "b", "strategy_2"),
+            out=sink, max_symbols=10**7,
+        )  # fmt: skip
+        protocol = Protocol("strategy_2", dialler=True)
+        protocol.receive_data(encode(Hello("strategy_1")) + encode(SyncDone(0)))
+        conn = _FakeConn()
+        conn.name = "strategy_1"
+        for rep in range(repeats):
+            text = "".join(f"U{rep}{i:06d} {i % 1000 + 1}\n" for i in range(count)).encode()
+            reads = [text[i : i + 65536] for i in range(0, len(text), 65536)]
+            reads = [r[: r.rfind(b"\n") + 1] for r in reads]  # whole lines, as the console
+            timings: dict[str, float] = {}
+
+            def step(name: str, fn: Callable[[], Any]) -> Any:
+                t0 = time.thread_time()
+                out = fn()
+                timings[name] = (time.thread_time() - t0) / count * 1e6
+                return out
+
+            chunks = step(
+                "sender: console parse (_all_trades)", lambda: [_all_trades(r) for r in reads]
+            )
+            batches = [[_Trade(*t) for t in chunk] for chunk in chunks]
+            peer.stream.clear()
+            step(
+                "sender: Engine._apply_trades (book, store, encode, rows)",
+                lambda: [sender._apply_trades([b]) for b in batches],
+            )
+            stream = b"".join(peer.stream)
+            pieces = [stream[i : i + 65536] for i in range(0, len(stream), 65536)]
+            events = step(
+                "receiver: Protocol.receive_data (cut, parse, check)",
+                lambda: [protocol.receive_data(piece) for piece in pieces],
+            )
+            step(
+                "receiver: Engine._apply_positions (book, store, rows)",
+                lambda: [receiver._apply_positions([(conn, e)]) for e in events],  # type: ignore[list-item]
+            )
+            positions = [p for e in events for p in e]
+            assert len(positions) == count, len(positions)
+            step("  of which encode_positions", lambda: encode_positions(positions))
+            for name, us in timings.items():
+                best[name] = min(best.get(name, float("inf")), us)
+        sender._store.close()
+        receiver._store.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return best
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if sys.argv[1:2] == ["W1N"]:
+        for name, us in no_coalescing().items():
+            print(f"{name:<60} {us:6.2f} us per trade")
+    else:
+        main()

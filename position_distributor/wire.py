@@ -127,6 +127,7 @@ _POSITION_HEADS: Final = [bytes((0, 0, 0, size + 2, 0x32, size)) for size in ran
 
 
 _PACK_DOUBLE: Final = struct.Struct("<d").pack
+_UNPACK_LENGTH: Final = struct.Struct(">I").unpack_from
 # The start of a SymbolPos of each strategy seen: its field 1 and the tag of field 2. Bounded.
 _STRATEGY_PREFIXES: dict[str, bytes] = {}
 _MAX_PREFIXES: Final = 1024
@@ -306,6 +307,9 @@ class Decoder:
             raise ValueError("max_frame_size must be positive")
         self.max_frame_size = max_frame_size
         self._buffer = bytearray()
+        # Bytes the first frame in _buffer needs in all (its header's 4 until that is whole):
+        # until then a read is only appended, so a frame trickled in costs linear time.
+        self._needed = HEADER_SIZE
 
     @property
     def buffered(self) -> int:
@@ -315,34 +319,38 @@ class Decoder:
     def feed(self, data: bytes) -> list[bytes]:
         """Add received bytes; return the payloads of the frames they complete."""
         buffer = self._buffer
-        if not buffer:
-            # Common case: nothing pending, so cut frames straight from ``data``.
-            payloads, consumed = self._split(data)
-            if consumed < len(data):
-                buffer += data[consumed:]
-            return payloads
-        buffer += data
-        payloads, consumed = self._split(buffer)
-        if consumed:
-            del buffer[:consumed]
+        if buffer:
+            buffer += data
+            if len(buffer) < self._needed:
+                return []
+            data = bytes(buffer)
+            buffer.clear()
+        payloads, consumed = self._split(data)
+        if consumed < len(data):
+            rest = data[consumed:]
+            buffer += rest
+            self._needed = (
+                HEADER_SIZE + _UNPACK_LENGTH(rest)[0] if len(rest) >= HEADER_SIZE else HEADER_SIZE
+            )
         return payloads
 
-    def _split(self, data: bytes | bytearray) -> tuple[list[bytes], int]:
+    def _split(self, data: bytes) -> tuple[list[bytes], int]:
         """Cut complete frames off the front of ``data``; return them and the bytes used."""
         payloads: list[bytes] = []
+        append = payloads.append
+        unpack = _UNPACK_LENGTH
         offset = 0
         end = len(data)
         limit = self.max_frame_size
-        with memoryview(data) as view:
-            while end - offset >= HEADER_SIZE:
-                length = int.from_bytes(view[offset : offset + HEADER_SIZE], "big")
-                if length > limit:
-                    raise FrameTooLarge(
-                        f"frame of {length} bytes announced, above the maximum of {limit}"
-                    )
-                start = offset + HEADER_SIZE
-                if end - start < length:
-                    break
-                payloads.append(bytes(view[start : start + length]))
-                offset = start + length
+        while end - offset >= HEADER_SIZE:
+            (length,) = unpack(data, offset)
+            if length > limit:
+                raise FrameTooLarge(
+                    f"frame of {length} bytes announced, above the maximum of {limit}"
+                )
+            start = offset + HEADER_SIZE
+            if end - start < length:
+                break
+            offset = start + length
+            append(data[start:offset])
         return payloads, offset

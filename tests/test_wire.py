@@ -230,6 +230,27 @@ def test_frame_of_exactly_the_maximum_is_accepted() -> None:
         decoder.feed(frame(b"x" * 11))
 
 
+def test_a_frame_trickled_in_is_cut_once_whole() -> None:
+    """A large frame arriving in many small reads is only appended to until it is whole (then
+    cut once): linear time, however slowly a peer sends it."""
+
+    class Counting(Decoder):
+        splits = 0
+
+        def _split(self, data: bytes) -> tuple[list[bytes], int]:
+            self.splits += 1
+            return super()._split(data)
+
+    decoder = Counting()
+    data = frame(b"x" * 100_000) + encode(Heartbeat())
+    payloads = []
+    for start in range(0, len(data), 100):
+        payloads += decoder.feed(data[start : start + 100])
+    assert payloads == [b"x" * 100_000, b"\x42\x00"]
+    assert decoder.splits <= 3  # the header's read, the frame's last read, the heartbeat's
+    assert decoder.buffered == 0
+
+
 def test_decoder_needs_a_positive_maximum() -> None:
     """A decoder with a maximum frame size below 1 is a local misuse (ValueError)."""
     with pytest.raises(ValueError, match="positive"):
