@@ -303,6 +303,16 @@ class Protocol:
 
     def _on_live_position(self, position: Message) -> Event:
         assert isinstance(position, Position)
+        strategy, symbol, net, timestamp = position
+        peer = self.peer
+        if (  # the common case first: the peer's own, valid (the Hello checked its name)
+            peer is not None
+            and strategy == peer.strategy
+            and valid_symbol(symbol)
+            and net - net == 0.0  # finite
+            and 0 < timestamp <= MAX_TIMESTAMP
+        ):
+            return position
         self._check_position(position)
         owner = position.strategy
         if owner == self.peer_name or (self.relay and owner != self.own):
