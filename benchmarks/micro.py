@@ -57,8 +57,9 @@ class _FakePeer:
     def __init__(self) -> None:
         self.sent = 0
 
-    def broadcast(self, data: bytes, *, exclude: Any = None) -> None:
+    def broadcast(self, data: bytes, *, exclude: Any = None) -> int:
         self.sent += len(data)
+        return 1
 
 
 class _FakeConn:
@@ -400,12 +401,12 @@ def no_coalescing(count: int = 20_000, repeats: int = 5) -> dict[str, float]:
     best: dict[str, float] = {}
     try:
         peer = _RecordingPeer()
-        sender = Engine(  # type: ignore[arg-type]
-            "strategy_1", EventDispatcher(), peer, Store(tmp / "a", "strategy_1"), out=sink,
-            max_symbols=10**7,
+        sender = Engine(
+            "strategy_1", EventDispatcher(), peer, Store(tmp / "a", "strategy_1"),  # type: ignore[arg-type]
+            out=sink, max_symbols=10**7,
         )  # fmt: skip
-        receiver = Engine(  # type: ignore[arg-type]
-            "strategy_2", EventDispatcher(), _FakePeer(), Store(tmp / "b", "strategy_2"),
+        receiver = Engine(
+            "strategy_2", EventDispatcher(), _FakePeer(), Store(tmp / "b", "strategy_2"),  # type: ignore[arg-type]
             out=sink, max_symbols=10**7,
         )  # fmt: skip
         protocol = Protocol("strategy_2", dialler=True)
@@ -417,35 +418,35 @@ def no_coalescing(count: int = 20_000, repeats: int = 5) -> dict[str, float]:
             reads = [text[i : i + 65536] for i in range(0, len(text), 65536)]
             reads = [r[: r.rfind(b"\n") + 1] for r in reads]  # whole lines, as the console
             timings: dict[str, float] = {}
-
-            def step(name: str, fn: Callable[[], Any]) -> Any:
-                t0 = time.thread_time()
-                out = fn()
-                timings[name] = (time.thread_time() - t0) / count * 1e6
-                return out
-
-            chunks = step(
-                "sender: console parse (_all_trades)", lambda: [_all_trades(r) for r in reads]
-            )
-            batches = [[_Trade(*t) for t in chunk] for chunk in chunks]
+            clock = time.thread_time
+            t0 = clock()
+            chunks = [_all_trades(r) for r in reads]
+            t1 = clock()
+            timings["sender: console parse (_all_trades)"] = t1 - t0
+            batches = [[_Trade(*t) for t in chunk or ()] for chunk in chunks]
             peer.stream.clear()
-            step(
-                "sender: Engine._apply_trades (book, store, encode, rows)",
-                lambda: [sender._apply_trades([b]) for b in batches],
-            )
+            t0 = clock()
+            for batch in batches:
+                sender._apply_trades([batch])
+            t1 = clock()
+            timings["sender: Engine._apply_trades (book, store, encode, rows)"] = t1 - t0
             stream = b"".join(peer.stream)
             pieces = [stream[i : i + 65536] for i in range(0, len(stream), 65536)]
-            events = step(
-                "receiver: Protocol.receive_data (cut, parse, check)",
-                lambda: [protocol.receive_data(piece) for piece in pieces],
-            )
-            step(
-                "receiver: Engine._apply_positions (book, store, rows)",
-                lambda: [receiver._apply_positions([(conn, e)]) for e in events],  # type: ignore[list-item]
-            )
-            positions = [p for e in events for p in e]
+            t0 = clock()
+            events = [protocol.receive_data(piece) for piece in pieces]
+            t1 = clock()
+            timings["receiver: Protocol.receive_data (cut, parse, check)"] = t1 - t0
+            t0 = clock()
+            for received in events:
+                receiver._apply_positions([(conn, received)])  # type: ignore[list-item]
+            t1 = clock()
+            timings["receiver: Engine._apply_positions (book, store, rows)"] = t1 - t0
+            positions = [p for received in events for p in received]
             assert len(positions) == count, len(positions)
-            step("  of which encode_positions", lambda: encode_positions(positions))
+            t0 = clock()
+            encode_positions(positions)  # type: ignore[arg-type]
+            timings["  of which encode_positions"] = clock() - t0
+            timings = {name: seconds / count * 1e6 for name, seconds in timings.items()}
             for name, us in timings.items():
                 best[name] = min(best.get(name, float("inf")), us)
         sender._store.close()
