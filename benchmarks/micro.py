@@ -392,7 +392,7 @@ def no_coalescing(count: int = 20_000, repeats: int = 5) -> dict[str, float]:
     (book, clock, journal, store, encode, rows); the receiver: ``Protocol.receive_data``
     of 64 KiB reads (cut, parse, check), ``Engine._apply_positions`` (book, store, rows).
     Each repeat uses fresh symbols, as W1N does."""
-    from position_distributor.__main__ import _all_trades
+    from position_distributor.console import trades_of
     from position_distributor.engine import _Trade
     from position_distributor.wire import encode_positions
 
@@ -420,9 +420,9 @@ def no_coalescing(count: int = 20_000, repeats: int = 5) -> dict[str, float]:
             timings: dict[str, float] = {}
             clock = time.thread_time
             t0 = clock()
-            chunks = [_all_trades(r) for r in reads]
+            chunks = [trades_of(r) for r in reads]
             t1 = clock()
-            timings["sender: console parse (_all_trades)"] = t1 - t0
+            timings["sender: console parse (console.trades_of)"] = t1 - t0
             batches = [[_Trade(*t) for t in chunk or ()] for chunk in chunks]
             peer.stream.clear()
             t0 = clock()
