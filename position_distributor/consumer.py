@@ -4,12 +4,12 @@ The engine has two, as the original had: one for trades, one for positions from 
 thread blocks on the queue (no busy wait), takes everything queued (a batch), and applies it
 with one call, so a burst costs one transaction, one send and one write, not one per item.
 
-One refinement for latency: when nothing is queued or being applied, ``put`` applies a small
-item (up to 256 trades or messages) at once in the calling thread, under the same lock the
-thread applies under, instead of waking the thread (a hand-off costs tens of microseconds);
-a burst goes to the thread, so that the producer's next read overlaps with its commit. Items
-put while anything is pending queue up behind it, so the order of application is the order
-of ``put`` either way.
+One refinement for latency: when nothing is queued or being applied, ``put`` applies its item
+at once in the calling thread, under the same lock the thread applies under, instead of
+waking the thread (a hand-off costs tens of microseconds); an item above ``max_inline`` (a
+burst of trades) goes to the thread, so that the producer's next read overlaps with its
+commit. Items put while anything is pending queue up behind it, so the order of application
+is the order of ``put`` either way.
 Never in the main thread: a signal there (Ctrl-C) raises between any two bytecodes, and an
 apply must not stop half-way.
 """
@@ -30,11 +30,6 @@ T = TypeVar("T")
 
 _STOP: Final = object()  # the sentinel the thread reads from its own queue to end
 _MAIN: Final = threading.main_thread()
-# Items larger than this (by ``size``: trades, messages) always go to the thread, even when
-# it is idle: the producer then reads and parses the next burst while the thread applies
-# this one (SQLite runs without the GIL), where applying inline would do one after the other.
-# A lone trade or a small read still applies inline, without a hand-off.
-_MAX_INLINE: Final = 256
 
 
 class Consumer(Generic[T]):
@@ -48,12 +43,17 @@ class Consumer(Generic[T]):
         size: Callable[[T], int] | None = None,
         maxsize: int = 0,
         max_batch: int = 8192,
+        max_inline: int | None = None,
         on_error: Callable[[str], None] | None = None,
     ) -> None:
         self.name = name
         self._apply = apply
         self._size = size
         self._max_batch = max_batch
+        # Items larger than this (by ``size``) always go to the thread, even when it is idle:
+        # the producer then reads and parses its next burst while the thread applies this one
+        # (SQLite runs without the GIL), where applying inline would do one after the other.
+        self._max_inline = max_inline
         self._on_error = on_error
         self._queue: queue.Queue[object] = queue.Queue(maxsize)
         # Mutex held by whoever applies (the thread, or a producer inline): one at a time.
@@ -90,7 +90,11 @@ class Consumer(Generic[T]):
             inline = (
                 self._inline
                 and self._pending == 1
-                and (self._size is None or self._size(item) <= _MAX_INLINE)
+                and (
+                    self._max_inline is None
+                    or self._size is None
+                    or self._size(item) <= self._max_inline
+                )
                 and threading.current_thread() is not _MAIN
                 and self._applying.acquire(False)
             )

@@ -159,6 +159,8 @@ class Engine:
             size=len,
             maxsize=max_queue,
             max_batch=_MAX_BATCH,
+            # A burst is applied by the thread while the console reads the next one.
+            max_inline=256,
             on_error=self._fail,
         )
         # One item per read of a peer's socket: 64 reads of up to 64 KiB in waiting at most.

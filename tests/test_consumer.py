@@ -68,10 +68,10 @@ def test_an_idle_consumer_lets_a_producer_thread_apply_its_item(
 
 
 def test_a_burst_goes_to_the_thread_even_when_idle(started: list[Consumer[int]]) -> None:
-    """An item of more than 256 (by its size) is applied by the consumer's thread, so the
-    producer can read on meanwhile; one of 256 is still applied inline."""
+    """An item above max_inline (by its size) is applied by the consumer's thread, so the
+    producer can read on meanwhile; one of max_inline is still applied inline."""
     applied = Applied()
-    consumer = start(started, applied, size=lambda item: item)
+    consumer = start(started, applied, size=lambda item: item, max_inline=256)
     in_thread(consumer.put, 256)
     in_thread(consumer.put, 257)
     wait_until(lambda: len(applied.items()) == 2, 5, "both items to be applied")
