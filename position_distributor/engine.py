@@ -751,11 +751,18 @@ class Engine:
         recover for); a stop with trades waiting still waits, so they apply on what is known.
         """
         expected = len(self._peer.configured())
+        with self._book_lock:
+            held = self._book.count(self.name)
+        what = (
+            f"store holds {held} own position(s) and is to recover (--recover)"
+            if held
+            else "store is new or was lost"
+        )
         if self._recovery_timeout > 0:
             # INFO: the first start of every node looks like this; only the outcome may warn.
             logger.info(
-                "store is new or was lost: holding trades until {} sent our positions back"
-                " (at most {:g}s)",
+                "{}: holding trades until {} sent our positions back (at most {:g}s)",
+                what,
                 f"{expected} configured peer(s) have"
                 if expected
                 else "the first peer to connect has",
@@ -780,7 +787,7 @@ class Engine:
                 return False
         with self._book_lock:
             own = self._book.count(self.name)
-        self._say_how_recovery_ended(synced, expected, own)
+        self._say_how_recovery_ended(synced, expected, own, what)
         with self._publish_lock:
             try:
                 self._store.mark_recovered()
@@ -789,8 +796,11 @@ class Engine:
         self.recovering = False
         return True
 
-    def _say_how_recovery_ended(self, synced: list[str], expected: int, own: int) -> None:
-        """Log the end of the recovery window in words that match what happened.
+    def _say_how_recovery_ended(
+        self, synced: list[str], expected: int, own: int, what: str
+    ) -> None:
+        """Log the end of the recovery window in words that match what happened; ``what``
+        says what the store was (new or lost, or one to recover).
 
         A warning only when something may be missing (a configured peer never synced) or
         was missing (own positions came back: the store had lost them); the first start of
@@ -799,8 +809,9 @@ class Engine:
         timeout = self._recovery_timeout
         if timeout <= 0:
             logger.info(
-                "store is new or was lost; --recovery-timeout 0: applying trades at once,"
-                " without waiting for peers ({} own position(s) held)",
+                "{}; --recovery-timeout 0: applying trades at once, without waiting for peers"
+                " ({} own position(s) held)",
+                what,
                 own,
             )
             return

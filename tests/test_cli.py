@@ -497,3 +497,24 @@ def test_a_node_whose_configured_peer_never_syncs_warns_at_the_timeout(cluster: 
     assert node.stop() == 0
 
     assert "WARNING" in line and "no peer synced; starting with 0 own position(s)" in line
+
+
+def test_a_recover_start_says_the_store_holds_positions_it_is_to_recover(
+    cluster: Cluster,
+) -> None:
+    """Restarted with ``--recover``, a node whose store holds its positions says so, not that
+    its store is new, when it opens the recovery window."""
+    node = cluster.add(A, recovery_timeout=0)
+    node.type("AAPL 1", "MSFT 2")
+    node.wait_for_view({(A, "AAPL"): 1.0, (A, "MSFT"): 2.0})
+    assert node.stop() == 0
+    node.extra_args = ["--recover"]
+    node.recovery_timeout = 0.3
+    cluster.restart(A)
+    line = node.wait_for_log("holding trades until")
+    ended = node.wait_for_log("recovery timeout")
+    assert node.stop() == 0
+
+    assert "store holds 2 own position(s) and is to recover (--recover)" in line
+    assert "store is new" not in line
+    assert "INFO" in line and "starting with 2 own position(s)" in ended
