@@ -336,3 +336,13 @@ def test_the_readme_walk_through_runs_as_written(tmp_path: Path) -> None:
             assert node.stop() == 0, node.describe()
     finally:
         cluster.close()
+
+
+def test_every_module_of_the_package_has_a_row_in_the_parts_of_architecture_md() -> None:
+    """docs/architecture.md's table of parts names every module of the package."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    parts = text.split("## The parts", 1)[1].split("\n## ", 1)[0]
+    rows = set(re.findall(r"^\| `([\w.]+\.py)`", parts, re.MULTILINE))
+    modules = {p.name for p in (ROOT / "position_distributor").glob("*.py")}
+    missing = sorted(modules - rows - {"__init__.py", "position_pb2.py"})
+    assert missing == [], f"modules without a row in docs/architecture.md#the-parts: {missing}"
