@@ -11,6 +11,7 @@ by free ones, stdin at end of input, and a deadline for each block.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from position_distributor import Config, Limits
 
 from .procs import Cluster, NodeProcess, free_port
 
@@ -346,3 +349,15 @@ def test_every_module_of_the_package_has_a_row_in_the_parts_of_architecture_md()
     modules = {p.name for p in (ROOT / "position_distributor").glob("*.py")}
     missing = sorted(modules - rows - {"__init__.py", "position_pb2.py"})
     assert missing == [], f"modules without a row in docs/architecture.md#the-parts: {missing}"
+
+
+def test_api_md_names_every_field_of_config_and_limits() -> None:
+    """docs/api.md's Config signature lists Config's fields in order, and its Limits
+    paragraph names every field of Limits."""
+    text = (ROOT / "docs" / "api.md").read_text()
+    signature = text.split("**`Config(", 1)[1].split(")`**", 1)[0]
+    documented = [part.split("=")[0].strip() for part in signature.replace("\n", " ").split(",")]
+    assert documented == [f.name for f in dataclasses.fields(Config)]
+    limits = text.split("**`Limits(...)`**", 1)[1].split("\n\n", 1)[0]
+    missing = [f.name for f in dataclasses.fields(Limits) if f"`{f.name}`" not in limits]
+    assert missing == [], f"Limits fields not in docs/api.md: {missing}"
