@@ -30,10 +30,10 @@ from .book import Book
 from .clock import Clock
 from .consumer import Consumer
 from .dispatcher import Event, EventDispatcher
-from .peer import Connection, Peer
+from .links import Link, LinkTransport
 from .store import JournalEntry, SnapshotInfo, Store, StoreError
 from .types import ROW_LINE, Position
-from .wire import SyncDone, encode, encode_position
+from .wire import SyncDone
 
 __all__ = [
     "DEFAULT_MAX_SYMBOLS",
@@ -45,7 +45,6 @@ __all__ = [
 ]
 
 DEFAULT_MAX_SYMBOLS: Final = 200_000  # per strategy: bounds what a peer can make us hold
-_SYNC_SLICE: Final = 2048  # positions encoded and queued at a time by a sync
 _MAX_BATCH: Final = 8192  # trades or messages per batch: bounds a transaction and a write
 _STORE_ERROR_EVERY: Final = 60.0  # seconds between ERROR lines while the store keeps failing
 _REFUSED_SHOWN: Final = 5  # trades named in the error line of a refused batch
@@ -111,7 +110,7 @@ class Engine:
         self,
         name: str,
         dispatcher: EventDispatcher,
-        peer: Peer,
+        links: LinkTransport,
         store: Store,
         *,
         out: Output,
@@ -129,7 +128,7 @@ class Engine:
         self._capped: set[str] = set()  # strategies whose extra symbols were dropped (logged)
         self.relay = relay
         self.sent = 0  # positions queued to peers (each copy counts), under the publish lock
-        self._peer = peer
+        self._links = links
         self._store = store
         self._out = out
         self._err = err or Output(None)
@@ -164,7 +163,7 @@ class Engine:
             on_error=self._fail,
         )
         # One item per read of a peer's socket: 64 reads of up to 64 KiB in waiting at most.
-        self._positions: Consumer[tuple[Connection, list[Any]]] = Consumer(
+        self._positions: Consumer[tuple[Link, list[Any]]] = Consumer(
             "consume-positions",
             self._apply_positions,
             size=_message_count,
@@ -278,42 +277,28 @@ class Engine:
 
     # Peer event handlers (run in Peer threads).
 
-    def _send_sync(self, conn: Connection) -> None:
-        """Send a new peer our own positions, then the echo of its own, then SyncDone.
+    def _send_sync(self, link: Link) -> None:
+        """Send a new link our own positions, then the echo of its own, then SyncDone.
 
-        The connection is already live when this runs, so an update applied after the
-        snapshot below is broadcast to it as well: nothing falls between the two.
+        The link is already live when this runs, so an update applied after the snapshot
+        below is published to it as well: nothing falls between the two.
         """
-        other = conn.name
+        other = link.name
         assert other is not None
         relayed: list[Position] = []
         with self._book_lock:
             own = self._book.of_strategy(self.name)
-            if self.relay and conn.protocol.peer_relays:
+            if self.relay and link.relays:
                 relayed = self._book.not_of(self.name, other)
             echo = self._book.of_strategy(other)
-        positions = own + relayed + echo
-        # Sent in slices as they are encoded, so the peer starts applying the first while
-        # this thread encodes the rest (a large book takes a while either way).
-        for start in range(0, len(positions), _SYNC_SLICE):
-            chunk = positions[start : start + _SYNC_SLICE]
-            if not conn.send(b"".join(map(encode_position, chunk)), bounded=False):
-                return  # closed meanwhile
-        conn.send(encode(SyncDone(len(positions))), bounded=False)
-        logger.debug(
-            "sent {} own, {} relayed and {} echoed positions to {}",
-            len(own),
-            len(relayed),
-            len(echo),
-            other,
-        )
+        link.send_sync(own, relayed, echo)
 
     def _on_identified(self, address: str, strategy: str) -> None:
         with self._synced_cond:
             self._synced_cond.notify_all()  # the recovery wait re-checks its configured peers
 
-    def _on_message(self, conn: Connection, messages: list[Any]) -> None:
-        self._positions.put((conn, messages))  # dropped once the node is stopping
+    def _on_message(self, link: Link, messages: list[Any]) -> None:
+        self._positions.put((link, messages))  # dropped once the node is stopping
 
     # Consumer threads.
 
@@ -502,18 +487,18 @@ class Engine:
         if future is not None:
             futures.append((future, error))
 
-    def _apply_positions(self, batch: list[tuple[Connection, list[Any]]]) -> None:
+    def _apply_positions(self, batch: list[tuple[Link, list[Any]]]) -> None:
         """Apply a batch of peers' messages: positions, and their SyncDone.
 
         If the store cannot commit, the batch's changes are taken back out of the book and
-        the connections they came from are closed: their sync, once redialled, sends them
+        the links they came from are closed: their sync, once redialled, sends them
         again.
         """
         name = self.name
         book = self._book
         changes: list[Position] = []
         own_changes: list[Position] = []
-        relayed: list[tuple[Position, Connection]] = []
+        relayed: list[tuple[Position, Link]] = []
         relay = self.relay
         bases: list[Position] = []
         journal: list[tuple[int, str, float, float, int, str]] = []
@@ -523,7 +508,7 @@ class Engine:
             with self._book_lock:
                 apply = book.apply
                 count = book.count
-                for conn, messages in batch:
+                for link, messages in batch:
                     for message in messages:
                         if type(message) is Position:
                             if message.strategy != name:
@@ -534,14 +519,14 @@ class Engine:
                                 if apply(message):
                                     changes.append(message)
                                     if relay:
-                                        relayed.append((message, conn))
+                                        relayed.append((message, link))
                                 continue
                             position = self._learn_own(message, bases, journal)
                             if position is not None:
                                 changes.append(position)
                                 own_changes.append(position)
-                        elif type(message) is SyncDone and conn.name is not None:
-                            synced.append(conn.name)
+                        elif type(message) is SyncDone and link.name is not None:
+                            synced.append(link.name)
             try:
                 # Own positions learnt back are broadcast: a peer may have missed them too.
                 self._publish(
@@ -554,8 +539,8 @@ class Engine:
             except StoreError as exc:
                 self._put_back([(p.strategy, p.symbol) for p in changes])
                 self._store_failed(exc, f"{len(changes)} position(s) from peers")
-                for conn in {conn for conn, _ in batch}:
-                    conn.close("its positions could not be stored; its next sync sends them again")
+                for link in {link for link, _ in batch}:
+                    link.close("its positions could not be stored; its next sync sends them again")
                 return
         if synced:
             self._note_synced(synced)
@@ -666,7 +651,7 @@ class Engine:
         broadcast: list[Position],
         stored: list[Position] | None = None,
         rows: str | None = None,
-        relayed: list[tuple[Position, Connection]] | None = None,
+        relayed: list[tuple[Position, Link]] | None = None,
         journal: list[tuple[int, str, float, float, int, str]] | None = None,
         bases: list[Position] | None = None,
         trade_ids: list[tuple[str, int]] | None = None,
@@ -700,31 +685,13 @@ class Engine:
             self._store_error_at = -_STORE_ERROR_EVERY
         if not changes:
             return
-        if relayed:
-            self._relay(broadcast, relayed)
-        elif broadcast:
-            self.sent += len(broadcast) * self._peer.broadcast(
-                b"".join(map(encode_position, broadcast))
-            )
+        if broadcast or relayed:
+            self.sent += self._links.publish(broadcast, relayed or ())
         if rows is None:
             rows = "".join([ROW_LINE % p for p in changes])
         self._out.write(rows)
         for subscriber in self._subscribers:
             subscriber.deliver(changes)
-
-    def _relay(self, broadcast: list[Position], relayed: list[tuple[Position, Connection]]) -> None:
-        own = b"".join(map(encode_position, broadcast))
-        frames = [(encode_position(p), p.strategy, source) for p, source in relayed]
-        for conn in self._peer.connections():
-            parts = [own] if own else []
-            count = len(broadcast)
-            if conn.protocol.peer_relays:
-                for frame, owner, source in frames:
-                    if source is not conn and owner != conn.name:
-                        parts.append(frame)
-                        count += 1
-            if parts and conn.send(b"".join(parts)):
-                self.sent += count
 
     # Recovery window.
 
@@ -741,7 +708,7 @@ class Engine:
         Only configured peers count: an unconfigured peer that happens to sync first may
         hold nothing of ours. Caller holds the recovery condition's lock.
         """
-        names = self._peer.configured()
+        names = self._links.configured()
         return all(name is not None and name in self._synced for name in names)
 
     def _await_recovery(self) -> bool:
@@ -750,7 +717,7 @@ class Engine:
         Returns False if the node is stopping with no trade waiting (then there is nothing to
         recover for); a stop with trades waiting still waits, so they apply on what is known.
         """
-        expected = len(self._peer.configured())
+        expected = len(self._links.configured())
         with self._book_lock:
             held = self._book.count(self.name)
         what = (
@@ -848,5 +815,5 @@ class Engine:
             )
 
 
-def _message_count(item: tuple[Connection, list[Any]]) -> int:
+def _message_count(item: tuple[Link, list[Any]]) -> int:
     return len(item[1])

@@ -25,21 +25,25 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, NamedTuple
+from typing import Final
 
 from loguru import logger
 
 from .dispatcher import Event, EventDispatcher
+from .links import Link, LinkStatus
 from .protocol import Protocol, Ready, RemoteProtocolError
 from .throttle import Throttle
 from .transport import TlsTransport, Transport
-from .wire import DEFAULT_MAX_FRAME_SIZE, Heartbeat, encode
+from .types import Position
+from .wire import DEFAULT_MAX_FRAME_SIZE, Heartbeat, SyncDone, encode, encode_position
 
 __all__ = ["Connection", "Limits", "Peer", "PeerStatus"]
 
 _SEND_SLICE: Final = 1 << 20  # each sendall is bounded in time by the socket timeout
 _HEARTBEAT: Final = encode(Heartbeat())
+_SYNC_SLICE: Final = 2048  # positions encoded and queued at a time by a sync
 _STOP: Final = None  # writer sentinel: send what is queued before it, then shut down
 _DUPLICATE: Final = "already connected to"
 _REPLACED: Final = "replaced by"
@@ -68,13 +72,7 @@ class Limits:
     max_peer_burst: int = 256 << 20
 
 
-class PeerStatus(NamedTuple):
-    """One line of the ``peers`` command."""
-
-    name: str | None
-    address: str
-    state: str
-    last_heard: float | None  # seconds since anything was received, if connected
+PeerStatus = LinkStatus  # one line of the ``peers`` command (see links.py)
 
 
 def _more(unsaid: int, interval: float) -> str:
@@ -173,6 +171,32 @@ class Connection:
     @property
     def closed(self) -> bool:
         return self._closed_reason is not None
+
+    @property
+    def relays(self) -> bool:
+        """Whether the peer said (in its Hello) that it takes and forwards third strategies."""
+        return self.protocol.peer_relays
+
+    def send_sync(self, own: list[Position], relayed: list[Position], echo: list[Position]) -> None:
+        """Send the peer our own positions, the relayed ones, the echo of its own, then SyncDone.
+
+        Sent in slices as they are encoded, so the peer starts applying the first while this
+        thread encodes the rest (a large book takes a while either way). Unbounded: a sync is
+        as large as the book, and exempt from the send queue's limit.
+        """
+        positions = own + relayed + echo
+        for start in range(0, len(positions), _SYNC_SLICE):
+            chunk = positions[start : start + _SYNC_SLICE]
+            if not self.send(b"".join(map(encode_position, chunk)), bounded=False):
+                return  # closed meanwhile
+        self.send(encode(SyncDone(len(positions))), bounded=False)
+        logger.debug(
+            "sent {} own, {} relayed and {} echoed positions to {}",
+            len(own),
+            len(relayed),
+            len(echo),
+            self.name,
+        )
 
     def __repr__(self) -> str:
         direction = "dialled" if self.outbound else "accepted"
@@ -602,6 +626,33 @@ class Peer:
     def connections(self) -> tuple[Connection, ...]:
         """Every live connection (handshake complete), one per peer strategy."""
         return self._live_snapshot
+
+    def links(self) -> tuple[Connection, ...]:
+        """The seam's name for ``connections()``."""
+        return self._live_snapshot
+
+    def publish(self, own: list[Position], relayed: Sequence[tuple[Position, Link]] = ()) -> int:
+        """Queue ``own`` on every live connection, and each of ``relayed`` on every relaying
+        connection but its source's and its owner's; return the positions queued, each copy
+        counted. Only changes are sent, so relaying stops by itself."""
+        if not relayed:
+            if not own:
+                return 0
+            return len(own) * self.broadcast(b"".join(map(encode_position, own)))
+        frames = [(encode_position(p), p.strategy, source) for p, source in relayed]
+        data = b"".join(map(encode_position, own))
+        sent = 0
+        for conn in self._live_snapshot:
+            parts = [data] if data else []
+            count = len(own)
+            if conn.relays:
+                for frame, owner, source in frames:
+                    if source is not conn and owner != conn.name:
+                        parts.append(frame)
+                        count += 1
+            if parts and conn.send(b"".join(parts)):
+                sent += count
+        return sent
 
     def broadcast(self, data: bytes, *, exclude: Connection | None = None) -> int:
         """Queue ``data`` on every live connection but ``exclude``; return on how many."""
