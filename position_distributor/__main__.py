@@ -20,6 +20,7 @@ from loguru import logger
 from .console import HELP, Command, ConsoleError, TradeCommand, parse_line, trades_of
 from .engine import DEFAULT_MAX_SYMBOLS
 from .helpformat import HelpFormatter
+from .natslink import NatsSettings
 from .node import Config, Node, NodeError
 from .peer import Limits
 from .protocol import MAX_PEER_HEARTBEAT_MS
@@ -122,6 +123,33 @@ def _time_of_day(text: str) -> dt.time:
         ) from None
 
 
+_BUCKET = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _bucket(text: str) -> str:
+    if _BUCKET.fullmatch(text) is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid bucket name {text!r}: use 1-64 of letters, digits, '_', '-'"
+        )
+    return text
+
+
+def _nats_urls(text: str) -> tuple[str, ...]:
+    urls = tuple(url.strip() for url in text.split(",") if url.strip())
+    for url in urls:
+        scheme, sep, rest = url.partition("://")
+        if not sep:
+            scheme, rest = "nats", url
+        host, _, port = rest.rpartition(":")
+        if scheme not in ("nats", "tls") or not host or _port_number(port) is None:
+            raise argparse.ArgumentTypeError(
+                f"invalid NATS URL {url!r}: expected nats://HOST:PORT (or tls://HOST:PORT)"
+            )
+    if not urls:
+        raise argparse.ArgumentTypeError("--nats needs at least one URL")
+    return tuple(url if "://" in url else f"nats://{url}" for url in urls)
+
+
 def _env_path(name: str) -> Path | None:
     value = os.environ.get(name)
     return Path(value) if value else None
@@ -135,7 +163,13 @@ def _build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("name", metavar="NAME", help="this node's strategy, e.g. strategy_1")
-    parser.add_argument("port", metavar="PORT", type=_port, help="port to listen on for peers")
+    parser.add_argument(
+        "port",
+        metavar="PORT",
+        type=_port,
+        nargs="?",
+        help="port to listen on for peers (none with --nats)",
+    )
     parser.add_argument(
         "peers",
         metavar="HOST:PORT",
@@ -273,6 +307,55 @@ def _build_parser() -> argparse.ArgumentParser:
         help="symbols held per strategy, own or a peer's; a peer's new symbols beyond it are"
         f" dropped and logged (default: {DEFAULT_MAX_SYMBOLS})",
     )
+    nats = parser.add_argument_group(
+        "NATS",
+        "With --nats, positions travel through a NATS JetStream key-value bucket instead of a"
+        " mesh: no PORT and no peers (see docs/nats.md).",
+    )
+    nats.add_argument(
+        "--nats",
+        metavar="URL[,URL...]",
+        type=_nats_urls,
+        help="the NATS servers of one cluster, e.g. nats://127.0.0.1:4222 (reconnects across them)",
+    )
+    nats.add_argument(
+        "--nats-bucket",
+        metavar="NAME",
+        default="positions",
+        type=_bucket,
+        help="the key-value bucket (default: positions)",
+    )
+    nats.add_argument(
+        "--nats-replicas",
+        metavar="N",
+        type=int,
+        default=1,
+        help="the bucket's replicas, checked at start (default: 1)",
+    )
+    nats.add_argument(
+        "--nats-create-bucket",
+        action="store_true",
+        help="create the bucket if missing (needs JetStream admin rights); otherwise the"
+        " operator's bucket is checked",
+    )
+    nats.add_argument("--nats-user", metavar="USER", help="NATS user name")
+    nats.add_argument(
+        "--nats-password-file", metavar="PATH", type=Path, help="file holding the user's password"
+    )
+    nats.add_argument("--nats-nkey", metavar="PATH", type=Path, help="an nkey seed file")
+    nats.add_argument(
+        "--nats-creds", metavar="PATH", type=Path, help="a .creds file (user JWT and nkey seed)"
+    )
+    nats.add_argument(
+        "--nats-tls-ca", metavar="PATH", type=Path, help="CA certificate (PEM) of the servers"
+    )
+    nats.add_argument(
+        "--nats-tls-cert",
+        metavar="PATH",
+        type=Path,
+        help="client certificate (PEM) for servers that verify clients",
+    )
+    nats.add_argument("--nats-tls-key", metavar="PATH", type=Path, help="its private key (PEM)")
     parser.add_argument(
         "--fsync",
         action="store_true",
@@ -299,6 +382,33 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
         parser.error("--max-connections must be at least 1")
     if args.max_symbols < 1:
         parser.error("--max-symbols must be at least 1")
+    if args.nats is None and args.port is None:
+        parser.error("the following arguments are required: PORT")
+    nats = None
+    if args.nats is not None:
+        if args.port is not None or args.peers:
+            parser.error(
+                "--nats replaces the mesh: give NAME and --nats URL, without PORT or peers"
+            )
+        if not 1 <= args.nats_replicas <= 5:
+            parser.error("--nats-replicas must be 1 to 5")
+        if args.nats_password_file is not None and args.nats_user is None:
+            parser.error("--nats-password-file needs --nats-user")
+        if (args.nats_tls_cert is None) != (args.nats_tls_key is None):
+            parser.error("--nats-tls-cert and --nats-tls-key go together")
+        nats = NatsSettings(
+            servers=args.nats,
+            bucket=args.nats_bucket,
+            replicas=args.nats_replicas,
+            create_bucket=args.nats_create_bucket,
+            user=args.nats_user,
+            password_file=args.nats_password_file,
+            nkey_file=args.nats_nkey,
+            creds_file=args.nats_creds,
+            tls_ca=args.nats_tls_ca,
+            tls_cert=args.nats_tls_cert,
+            tls_key=args.nats_tls_key,
+        )
     limits = Limits(
         max_frame_size=args.max_frame_size,
         heartbeat_interval=args.heartbeat,
@@ -309,7 +419,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
     try:
         config = Config(
             name=args.name,
-            port=args.port,
+            port=args.port or 0,
             peers=tuple(args.peers),
             data_dir=args.data_dir,
             bind=args.bind,
@@ -325,6 +435,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
             insecure=args.insecure,
             max_symbols=args.max_symbols,
             recover=args.recover,
+            nats=nats,
         )
     except NodeError as exc:
         parser.error(str(exc))

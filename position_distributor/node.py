@@ -15,7 +15,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import janus
 from loguru import logger
@@ -24,6 +24,7 @@ from . import auth
 from .aioloop import AioLoop
 from .dispatcher import EventDispatcher
 from .engine import DEFAULT_MAX_SYMBOLS, Engine, Output, Subscriber
+from .links import LinkTransport
 from .peer import Limits, Peer, PeerStatus
 from .store import JournalEntry, SnapshotInfo, Store, StoreError
 from .transport import TlsError, make_tls_contexts
@@ -35,6 +36,9 @@ from .types import (
     valid_symbol,
     valid_trade_id,
 )
+
+if TYPE_CHECKING:
+    from .natslink import NatsSettings
 
 __all__ = ["Config", "Node", "NodeError", "Updates", "UpdatesOverflow"]
 
@@ -72,6 +76,7 @@ class Config:
     insecure: bool = False  # allow a non-loopback bind with neither secret nor TLS
     max_symbols: int = DEFAULT_MAX_SYMBOLS  # per strategy, own and peers'
     recover: bool = False  # recover own positions from peers at start (a restored store)
+    nats: NatsSettings | None = None  # travel through a NATS JetStream bucket, not a mesh
 
     @property
     def tls(self) -> bool:
@@ -91,6 +96,24 @@ class Config:
             raise NodeError(f"invalid port {self.port}: expected 0-65535")
         if self.recovery_timeout < 0:
             raise NodeError("recovery timeout must not be negative")
+        if self.nats is not None:
+            mesh = [
+                what
+                for what, given in (
+                    ("PORT", self.port != 0),
+                    ("peers", bool(self.peers)),
+                    ("--relay", self.relay),
+                    ("--secret-file", self.secret_file is not None),
+                    ("--tls-cert", self.tls_cert is not None),
+                )
+                if given
+            ]
+            if mesh:
+                raise NodeError(
+                    f"--nats replaces the mesh: drop {', '.join(mesh)} (NATS security is"
+                    " --nats-user, --nats-nkey, --nats-creds and --nats-tls-*)"
+                )
+            return
         tls = (self.tls_cert, self.tls_key, self.tls_ca)
         if any(path is not None for path in tls) and any(path is None for path in tls):
             raise NodeError("TLS needs all three of --tls-cert, --tls-key and --tls-ca")
@@ -212,11 +235,13 @@ class Node:
         self.errors = Output(err)  # ``error:`` lines for trades refused (the CLI: stderr)
         self._dispatcher = EventDispatcher()
         self._store: Store | None = None
-        self._peer: Peer | None = None
+        self._peer: Peer | None = None  # the mesh's transport (None on NATS)
+        self._links: LinkTransport | None = None  # the transport, mesh or NATS
         self._engine: Engine | None = None
         self._state = "new"
         self._stop_timer = threading.Event()
         self._warnings: list[str] = []
+        self._secrets: list[bytes] | None = None
         self.failure: str | None = None  # why the node failed, if it did (a bug)
         # Called (from the failed thread) when the node can no longer work; the CLI stops.
         self.on_failure: Callable[[str], None] | None = None
@@ -232,9 +257,9 @@ class Node:
     @property
     def port(self) -> int:
         """The port this node listens on (the one chosen by the OS if configured as 0)."""
-        if self._peer is None:
+        if self._links is None:
             raise NodeError(f"node {self.name} has not started")
-        return self._peer.port
+        return self._peer.port if self._peer is not None else 0
 
     @property
     def recovering(self) -> bool:
@@ -252,42 +277,25 @@ class Node:
                 raise NodeError(f"node {self.name} is {self._state}; a Node starts once")
             self._state = "stopped"  # unless everything below succeeds
             config = self.config
-            secrets, tls = self._credentials()
-            peer = Peer(
-                config.name,
-                self._dispatcher,
-                bind=config.bind,
-                port=config.port,
-                peers=config.peers,
-                limits=config.limits,
-                relay=config.relay,
-                secrets=secrets,
-                tls=tls,
-            )
-            try:
-                peer.listen()
-            except OSError as exc:
-                why = os.strerror(exc.errno) if exc.errno else str(exc)
-                raise NodeError(f"cannot listen on {config.bind}:{config.port}: {why}") from exc
-            try:
-                store = Store(config.data_dir, config.name, fsync=config.fsync)
-            except StoreError as exc:
-                peer.stop()
-                raise NodeError(str(exc)) from exc
-            self._peer, self._store = peer, store
+            if config.nats is not None:
+                links, store = self._open_nats(config.nats)
+            else:
+                links, store = self._open_mesh()
+            self._links, self._store = links, store
             try:
                 if config.recover:
                     store.mark_needs_recovery()
-                self._engine = self._engine_for(peer, store)
+                self._engine = self._engine_for(links, store)
             except StoreError as exc:
                 store.close()
-                peer.stop()
+                links.stop()
                 raise NodeError(str(exc)) from exc
             stored = self._engine.positions()
             logger.info("store {} holds {} position(s)", store.path, len(stored))
-            self._say_how_peers_are_checked(secrets, peer.port)
+            if self._peer is not None:
+                self._say_how_peers_are_checked(self._secrets, self._peer.port)
             self.output.write("".join(p.row() + "\n" for p in stored))
-            peer.start()
+            links.start()
             self._engine.start()
             if config.snapshot_at is not None:
                 self._timer = threading.Thread(
@@ -300,14 +308,14 @@ class Node:
             self._state = "running"
         return self
 
-    def _engine_for(self, peer: Peer, store: Store) -> Engine:
+    def _engine_for(self, links: LinkTransport, store: Store) -> Engine:
         """The engine on ``store``, whose contents it loads (``StoreError`` if it cannot)."""
         config = self.config
         try:
             return Engine(
                 config.name,
                 self._dispatcher,
-                peer,
+                links,
                 store,
                 out=self.output,
                 err=self.errors,
@@ -318,6 +326,53 @@ class Node:
             )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read store {store.path}: {exc}") from exc
+
+    def _open_mesh(self) -> tuple[Peer, Store]:
+        """Listen and open the store, or raise NodeError (nothing left open)."""
+        config = self.config
+        secrets, tls = self._credentials()
+        self._secrets = secrets
+        peer = Peer(
+            config.name,
+            self._dispatcher,
+            bind=config.bind,
+            port=config.port,
+            peers=config.peers,
+            limits=config.limits,
+            relay=config.relay,
+            secrets=secrets,
+            tls=tls,
+        )
+        try:
+            peer.listen()
+        except OSError as exc:
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise NodeError(f"cannot listen on {config.bind}:{config.port}: {why}") from exc
+        try:
+            store = Store(config.data_dir, config.name, fsync=config.fsync)
+        except StoreError as exc:
+            peer.stop()
+            raise NodeError(str(exc)) from exc
+        self._peer = peer
+        return peer, store
+
+    def _open_nats(self, settings: NatsSettings) -> tuple[LinkTransport, Store]:
+        """Open the store, connect to NATS and check the bucket, or raise NodeError."""
+        from .natslink import NatsError, NatsLink
+
+        config = self.config
+        try:
+            store = Store(config.data_dir, config.name, fsync=config.fsync)
+        except StoreError as exc:
+            raise NodeError(str(exc)) from exc
+        link = NatsLink(config.name, self._dispatcher, settings, self._ensure_aioloop())
+        try:
+            link.open()
+        except NatsError as exc:
+            store.close()
+            self._ensure_aioloop().stop()  # a node that did not start leaves no thread
+            raise NodeError(str(exc)) from exc
+        return link, store
 
     def _on_fatal(self, reason: str) -> None:
         """A consumer thread died: record why and tell whoever runs the node."""
@@ -377,12 +432,12 @@ class Node:
                     self._aio.stop()
                 return
             self._state = "stopping"
-            assert self._engine and self._peer and self._store
+            assert self._engine and self._links and self._store
             self._stop_timer.set()
             if self._timer is not None:
                 self._timer.join()
             self._engine.stop_trades()
-            self._peer.stop()
+            self._links.stop()
             if self._aio is not None:
                 self._aio.stop()  # its services' stop hooks first: within a second
             self._engine.stop()
@@ -468,8 +523,8 @@ class Node:
     def peers(self) -> list[PeerStatus]:
         """Each peer: name, address, state, seconds since last heard."""
         self._started()
-        assert self._peer is not None
-        return self._peer.status()
+        assert self._links is not None
+        return self._links.status()
 
     def history(self, symbol: str, limit: int = 20) -> list[JournalEntry]:
         """The last ``limit`` own trades in ``symbol`` from the journal, oldest first."""

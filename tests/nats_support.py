@@ -22,13 +22,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from .procs import free_port
+from .procs import Cluster, NodeProcess, free_port
 from .waiting import wait_until
 
-__all__ = ["NatsCluster", "NatsServer", "nats_binary"]
+__all__ = ["NatsCluster", "NatsNode", "NatsNodes", "NatsServer", "nats_binary"]
 
 MIN_VERSION = (2, 10, 0)
 _START_TIMEOUT = 15.0
@@ -67,6 +68,7 @@ class NatsServer:
         *,
         extra: str = "",
         cluster: str | None = None,
+        jetstream: bool = True,
     ) -> None:
         self.root = root
         self.name = name
@@ -76,6 +78,7 @@ class NatsServer:
         self.cluster = cluster
         self.routes: list[int] = []
         self.extra = extra
+        self.jetstream = jetstream
         self.store = root / f"{name}-js"
         self.log = root / f"{name}.log"
         self.config = root / f"{name}.conf"
@@ -95,8 +98,9 @@ class NatsServer:
             f"server_name: {self.name}",
             f"listen: 127.0.0.1:{self.port}",
             f"http: 127.0.0.1:{self.http_port}",
-            f'jetstream {{ store_dir: "{self.store}" }}',
         ]
+        if self.jetstream:
+            lines.append(f'jetstream {{ store_dir: "{self.store}" }}')
         if self.cluster is not None:
             routes = ", ".join(f"nats-route://127.0.0.1:{port}" for port in self.routes)
             lines.append(
@@ -194,6 +198,65 @@ class NatsCluster:
     def stop(self) -> None:
         for server in self.servers:
             server.stop()
+
+
+class NatsNode(NodeProcess):
+    """A node process on NATS: ``NAME --nats URLS --nats-bucket BUCKET ...``, no port."""
+
+    def __init__(self, name: str, urls: str, bucket: str, **kwargs: Any) -> None:
+        super().__init__(name, 0, **kwargs)
+        self.urls = urls
+        self.bucket = bucket
+
+    @property
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "position_distributor",
+            self.name,
+            "--nats",
+            self.urls,
+            "--nats-bucket",
+            self.bucket,
+            *self.args,
+        ]
+
+
+class NatsNodes(Cluster):
+    """Node processes on one bucket, every one stopped by PID at the end."""
+
+    def __init__(self, data_root: Path, urls: str, bucket: str) -> None:
+        super().__init__(data_root)
+        self.urls = urls
+        self.bucket = bucket
+
+    def add_nats(
+        self, name: str, *args: str, start: bool = True, create: bool = True, **kwargs: Any
+    ) -> NatsNode:
+        """A node named ``name`` (``--nats-create-bucket`` unless ``create`` is False)."""
+        extra = [*args, *(["--nats-create-bucket"] if create else [])]
+        node = NatsNode(
+            name,
+            kwargs.pop("urls", self.urls),
+            kwargs.pop("bucket", self.bucket),
+            data_dir=kwargs.pop("data_dir", self.data_root / name),
+            args=extra,
+            **kwargs,
+        )
+        node.cluster = self
+        self.nodes[name] = node
+        return node.start() if start else node  # type: ignore[return-value]
+
+
+@pytest.fixture
+def nats_nodes(tmp_path: Path, nats_server: NatsServer, bucket: str) -> Iterator[NatsNodes]:
+    """Node processes on the shared server, in this test's bucket; stopped by PID at the end."""
+    nodes = NatsNodes(tmp_path, nats_server.url, bucket)
+    try:
+        yield nodes
+    finally:
+        nodes.close()
 
 
 @pytest.fixture(scope="session")
