@@ -314,9 +314,10 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     nats.add_argument(
         "--nats",
-        metavar="URL[,URL...]",
+        metavar="URLS",
         type=_nats_urls,
-        help="the NATS servers of one cluster, e.g. nats://127.0.0.1:4222 (reconnects across them)",
+        help="the NATS servers of one cluster, separated by commas, e.g."
+        " nats://10.0.0.1:4222,nats://10.0.0.2:4222 (reconnects across them)",
     )
     nats.add_argument(
         "--nats-bucket",

@@ -142,6 +142,7 @@ class NatsLink:
         self.puts = 0  # values written to the bucket
         self.received = 0  # values received from the bucket (own echoes included)
         self.rereads = 0  # times the bucket was read again (reconnect, stall)
+        self.longest_gap = 0.0  # the longest stretch of failed puts (seconds)
         self._wake_pending = False  # a flush is scheduled (under _lock)
         self._reconcile_against: dict[str, Position] = {}  # the bucket's own values, last read
         # Loop-only state (touched only in the asyncio thread).
@@ -164,6 +165,7 @@ class NatsLink:
         self._attempts: dict[str, list[bytes]] = {}  # own symbol -> values put, not acked
         self._sent_ts: dict[str, int] = {}  # own symbol -> newest timestamp this node put
         self._logged: dict[str, float] = {}  # key -> when last logged as bad
+        self._connect_errors: list[str] = []  # what the client reported while connecting
         self._stopping = False
         self._bridge: Any = None
         self._events: threading.Thread | None = None
@@ -182,8 +184,10 @@ class NatsLink:
             self._aio.call(self._open(), timeout=budget)
         except TimeoutError:
             self._aio.call(self._close(), timeout=5)
+            errors = self._connect_errors
+            why = f": {errors[-1]}" if errors else ""
             raise NatsError(
-                f"no answer from NATS at {settings.describe()} in {budget:g}s"
+                f"no answer from NATS at {settings.describe()} in {budget:g}s{why}"
             ) from None
 
     def start(self) -> None:
@@ -342,7 +346,7 @@ class NatsLink:
         self._reread = asyncio.Event()
         self._initial_done = asyncio.Event()
         self._set_state("connecting")
-        errors: list[str] = []
+        errors = self._connect_errors
 
         async def on_error(exc: Exception) -> None:
             errors.append(_describe(exc))
@@ -364,11 +368,16 @@ class NatsLink:
                 reconnected_cb=self._on_reconnected,
                 **options,
             )
-        except (TimeoutError, NoServersError, OSError) as exc:
-            why = errors[-1] if errors else _describe(exc)
-            raise NatsError(f"cannot connect to NATS at {settings.describe()}: {why}") from None
         except Exception as exc:
             why = errors[-1] if errors else _describe(exc)
+            refusal = next((e for e in errors if "Authorization" in e), None)
+            if refusal is not None:
+                raise NatsError(
+                    f"NATS at {settings.describe()} refused this node's credentials ({refusal}):"
+                    " check --nats-user and --nats-password-file, or --nats-nkey"
+                ) from None
+            if isinstance(exc, TimeoutError | NoServersError | OSError):
+                raise NatsError(f"cannot connect to NATS at {settings.describe()}: {why}") from None
             raise NatsError(f"NATS at {settings.describe()} refused this node: {why}") from None
         self._nc.options["max_reconnect_attempts"] = -1  # from now on: reconnect forever
         self._server = _server_of(self._nc)
@@ -745,6 +754,7 @@ class NatsLink:
         """Task: put the outbox to the bucket, a batch at a time, whenever woken."""
         assert self._flush_ready is not None
         backoff = 0.05
+        failing_since: float | None = None  # when puts began to fail (time without publishing)
         while True:
             await self._flush_ready.wait()
             self._flush_ready.clear()
@@ -763,10 +773,21 @@ class NatsLink:
                     with self._lock:
                         for position in failed:
                             self._outbox.setdefault(position.symbol, position)
+                    if failing_since is None:
+                        failing_since = time.monotonic()
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 1.0)
                 else:
                     backoff = 0.05
+                    if failing_since is not None:
+                        gap = time.monotonic() - failing_since
+                        failing_since = None
+                        self.longest_gap = max(self.longest_gap, gap)
+                        logger.info(
+                            "bucket {} takes puts again, after {:.2f}s of failed puts",
+                            self.settings.bucket,
+                            gap,
+                        )
 
     async def _put(self, position: Position) -> bool:
         """Put one own position with the key's expected revision; False to try again later."""
