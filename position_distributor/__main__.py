@@ -345,9 +345,6 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     nats.add_argument("--nats-nkey", metavar="PATH", type=Path, help="an nkey seed file")
     nats.add_argument(
-        "--nats-creds", metavar="PATH", type=Path, help="a .creds file (user JWT and nkey seed)"
-    )
-    nats.add_argument(
         "--nats-tls-ca", metavar="PATH", type=Path, help="CA certificate (PEM) of the servers"
     )
     nats.add_argument(
@@ -405,7 +402,6 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
             user=args.nats_user,
             password_file=args.nats_password_file,
             nkey_file=args.nats_nkey,
-            creds_file=args.nats_creds,
             tls_ca=args.nats_tls_ca,
             tls_cert=args.nats_tls_cert,
             tls_key=args.nats_tls_key,

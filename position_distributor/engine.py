@@ -783,7 +783,7 @@ class Engine:
             )
             return
         with self._synced_cond:
-            missing = sum(1 for name in self._peer.configured() if name not in self._synced)
+            missing = sum(1 for name in self._links.configured() if name not in self._synced)
         if synced and not missing:
             log = logger.warning if own else logger.info
             log(

@@ -21,10 +21,10 @@ from typing import NamedTuple, Protocol
 
 from .types import Position
 
-__all__ = ["Link", "LinkStatus", "LinkTransport"]
+__all__ = ["Link", "LinkTransport", "PeerStatus"]
 
 
-class LinkStatus(NamedTuple):
+class PeerStatus(NamedTuple):
     """One line of the ``peers`` command."""
 
     name: str | None
@@ -80,6 +80,6 @@ class LinkTransport(Protocol):
         """The names of the links whose sync ends the recovery wait (None: not known yet)."""
         ...
 
-    def status(self) -> list[LinkStatus]:
+    def status(self) -> list[PeerStatus]:
         """What ``peers`` shows."""
         ...

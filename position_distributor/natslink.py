@@ -44,7 +44,7 @@ from loguru import logger
 
 from .aioloop import AioLoop
 from .dispatcher import Event, EventDispatcher
-from .links import Link, LinkStatus
+from .links import Link, PeerStatus
 from .natskeys import BadEntry, decode_value, encode_key, encode_value, escape
 from .types import Position
 from .wire import SyncDone
@@ -75,7 +75,6 @@ class NatsSettings:
     user: str | None = None
     password_file: Path | None = None
     nkey_file: Path | None = None  # an nkey seed file
-    creds_file: Path | None = None  # a .creds file (JWT and seed)
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -232,7 +231,7 @@ class NatsLink:
     def configured(self) -> list[str | None]:
         return [self.bucket.name]
 
-    def status(self) -> list[LinkStatus]:
+    def status(self) -> list[PeerStatus]:
         """The link (server, state, last error), then each strategy seen in the bucket."""
         now = time.monotonic()
         with self._lock:
@@ -241,11 +240,11 @@ class NatsLink:
                 state += f"; last error: {self._last_error}"
             heard = now - self._last_heard if self._last_heard else None
             rows = [
-                LinkStatus(self.bucket.name, self._server or self.settings.describe(), state, heard)
+                PeerStatus(self.bucket.name, self._server or self.settings.describe(), state, heard)
             ]
             for strategy, (keys, when) in sorted(self._seen.items()):
                 rows.append(
-                    LinkStatus(
+                    PeerStatus(
                         strategy, f"bucket {self.settings.bucket}", f"{keys} key(s)", now - when
                     )
                 )
@@ -448,9 +447,6 @@ class NatsLink:
             if settings.nkey_file is not None:
                 settings.nkey_file.read_bytes()  # say a missing file clearly, here
                 options["nkeys_seed"] = str(settings.nkey_file)
-            if settings.creds_file is not None:
-                settings.creds_file.read_bytes()
-                options["user_credentials"] = str(settings.creds_file)
         except OSError as exc:
             raise NatsError(f"cannot read {exc.filename}: {exc.strerror}") from None
         if settings.tls_ca is not None or settings.tls_cert is not None:

@@ -111,7 +111,7 @@ class Config:
             if mesh:
                 raise NodeError(
                     f"--nats replaces the mesh: drop {', '.join(mesh)} (NATS security is"
-                    " --nats-user, --nats-nkey, --nats-creds and --nats-tls-*)"
+                    " --nats-user, --nats-nkey and --nats-tls-*)"
                 )
             return
         tls = (self.tls_cert, self.tls_key, self.tls_ca)

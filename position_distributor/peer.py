@@ -32,7 +32,7 @@ from typing import Final
 from loguru import logger
 
 from .dispatcher import Event, EventDispatcher
-from .links import Link, LinkStatus
+from .links import Link, PeerStatus
 from .protocol import Protocol, Ready, RemoteProtocolError
 from .throttle import Throttle
 from .transport import TlsTransport, Transport
@@ -70,9 +70,6 @@ class Limits:
     # allow (a token bucket) is flooding: it is cut off. A sync of 100,000 positions is ~5 MB.
     max_peer_rate: int = 32 << 20
     max_peer_burst: int = 256 << 20
-
-
-PeerStatus = LinkStatus  # one line of the ``peers`` command (see links.py)
 
 
 def _more(unsaid: int, interval: float) -> str:
