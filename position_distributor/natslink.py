@@ -245,7 +245,10 @@ class NatsLink:
             for strategy, (keys, when) in sorted(self._seen.items()):
                 rows.append(
                     PeerStatus(
-                        strategy, f"bucket {self.settings.bucket}", f"{keys} key(s)", now - when
+                        strategy,
+                        f"bucket {self.settings.bucket}",
+                        f"seen in the bucket ({keys} key(s))",
+                        now - when,
                     )
                 )
         return rows
@@ -523,34 +526,48 @@ class NatsLink:
     # Watching.
 
     async def _run(self) -> None:
-        """Task: read the bucket (a new watcher), then read it again whenever asked."""
+        """Task: read the bucket (a new watcher), then read it again whenever asked.
+
+        A read that fails (a stream electing its leader, a server going away) is retried with
+        a backoff while connected, and once the connection is back otherwise; the failure is
+        logged once per streak.
+        """
         assert self._reread is not None
         backoff = 0.1
-        first = True
+        failing = False
         while True:
+            self._reread.clear()
             try:
-                await self._read_bucket(first)
+                await self._read_bucket()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self._set_state("reading the bucket failed: retrying", _describe(exc))
-                logger.info(
-                    "reading bucket {} failed ({}): retrying", self.settings.bucket, _describe(exc)
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
+                if not failing:
+                    failing = True
+                    logger.info(
+                        "reading bucket {} failed ({}): retrying",
+                        self.settings.bucket,
+                        _describe(exc),
+                    )
+                if self._nc.is_connected:
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 1.0)
+                else:
+                    await self._reread.wait()  # set when the connection is back
                 continue
-            first = False
+            if failing:
+                logger.info("bucket {} read again", self.settings.bucket)
+            failing = False
             backoff = 0.1
             self._read_once = True
             self._set_state("connected")
             self._set_flush()
             await self._reread.wait()
-            self._reread.clear()
             with self._lock:
                 self.rereads += 1
 
-    async def _read_bucket(self, first: bool) -> None:
+    async def _read_bucket(self) -> None:
         """Start a watcher from the last value of every key; wait for its initial values."""
         from nats.js.api import DeliverPolicy
 

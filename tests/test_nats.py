@@ -218,3 +218,21 @@ def test_mixing_nats_and_the_mesh_is_an_error(
     result = run_cli("s1", *args, "--data-dir", str(tmp_path))
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_a_mesh_node_restarted_on_nats_puts_its_positions(
+    nats_nodes: NatsNodes, tmp_path: Path
+) -> None:
+    """The migration runbook: a node stopped on the mesh and started on NATS with the same
+    store puts its own positions into the bucket, where the others read them."""
+    mesh = nats_nodes.add("s1", data_dir=tmp_path / "s1")
+    mesh.type("AAPL 7", "MSFT -2")
+    mesh.wait_for_view({("s1", "AAPL"): 7.0, ("s1", "MSFT"): -2.0})
+    assert mesh.stop() == 0
+    moved = nats_nodes.add_nats("s1-on-nats", data_dir=tmp_path / "s1", start=False)
+    moved.name = "s1"
+    moved.start()
+    other = nats_nodes.add_nats("s2")
+    expected = {("s1", "AAPL"): 7.0, ("s1", "MSFT"): -2.0}
+    other.wait_for_view(expected)
+    moved.wait_for_log("own position(s) missing or older in bucket")
