@@ -80,7 +80,7 @@ class NatsSettings:
     tls_key: Path | None = None
     connect_timeout: float = 2.0
     reconnect_wait: float = 0.2
-    request_timeout: float = 2.0
+    request_timeout: float = 1.0  # each JetStream request (a put, a read); retried after
     check_interval: float = 1.0  # the stall check's period (seconds)
 
     @property
@@ -552,7 +552,7 @@ class NatsLink:
                     )
                 if self._nc.is_connected:
                     await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 1.0)
+                    backoff = min(backoff * 2, 0.5)
                 else:
                     await self._reread.wait()  # set when the connection is back
                 continue
@@ -789,7 +789,7 @@ class NatsLink:
                     if failing_since is None:
                         failing_since = time.monotonic()
                     await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 1.0)
+                    backoff = min(backoff * 2, 0.5)
                 else:
                     backoff = 0.05
                     if failing_since is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -121,9 +122,10 @@ def test_kill_9_of_a_nodes_server_and_of_the_leader_loses_nothing(
         try:
             time.sleep(1.0)  # trading before the first kill
             used = server_of(nats_cluster, "s1")
+            used_led = leader_of(nats_cluster, "failover") is used
             events["kill_used"] = time.monotonic()
             used.kill()
-            s1.wait_for_log("NATS connection back", timeout=20)
+            s1.wait_for_log("NATS connection back", timeout=30)
             time.sleep(2.0)
             used.start()
             leader = leader_of(nats_cluster, "failover")
@@ -140,9 +142,14 @@ def test_kill_9_of_a_nodes_server_and_of_the_leader_loses_nothing(
         expected = {("s1", "AAPL"): total}
         s1.wait_for_view(expected, timeout=30)
         s2.wait_for_view(expected, timeout=30)
+        caught_up = time.monotonic()
         stop_sampling.set()
         sampler.join(10)
         assert bucket_value(nats_cluster, "failover", "s1.AAPL") == total
+        if os.environ.get("NATS_FAILOVER_LOG"):
+            for node in (s1, s2):
+                print(f"--- {node.name}", "".join(node.errors_since()))
+            print({k: round(v - events["kill_used"], 3) for k, v in events.items()})
     finally:
         nodes.close()
 
@@ -152,14 +159,14 @@ def test_kill_9_of_a_nodes_server_and_of_the_leader_loses_nothing(
         for i, (t, mine, _) in enumerate(samples):
             if not start <= t < end:
                 continue
-            caught = next((t2 for t2, _, theirs in samples[i:] if theirs >= mine), None)
-            if caught is not None:
-                worst = max(worst, caught - t)
+            caught = next((t2 for t2, _, theirs in samples[i:] if theirs >= mine), caught_up)
+            worst = max(worst, caught - t)
         return worst
 
     result = {
         "trades": total,
         "killed_used_server": used.name,
+        "used_server_was_leader": used_led,
         "killed_leader": leader.name,
         "s2_server_at_leader_kill": reader.name,
         "max_behind_s_after_used_kill": round(
@@ -173,6 +180,6 @@ def test_kill_9_of_a_nodes_server_and_of_the_leader_loses_nothing(
             line.split("after ")[1].split("s of")[0] for line in s1.log_lines("takes puts again")
         ],
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    if os.environ.get("NATS_FAILOVER_RESULTS"):  # kept in the repository by hand, not by make test
+        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(result)
