@@ -53,6 +53,11 @@ class Link(Protocol):
         Runs in the transport's thread that fired ``ACCEPTED``/``CONNECTED``."""
         ...
 
+    def close(self, reason: str) -> None:
+        """Drop what this link sent lately and have it sent again: a connection is closed
+        (its redial resyncs), a bucket is read again. ``reason`` goes to the log."""
+        ...
+
 
 class LinkTransport(Protocol):
     """Every link of one node; see the module docstring."""

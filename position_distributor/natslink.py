@@ -104,6 +104,10 @@ class _Bucket:
         """Reconcile: own positions the bucket lacks, or holds older, go to the outbox."""
         self._owner.reconcile(own)
 
+    def close(self, reason: str) -> None:
+        """What the bucket sent could not be used: read the bucket again."""
+        self._owner.read_again(reason)
+
     def __repr__(self) -> str:
         return f"<Bucket {self.name}>"
 
@@ -295,6 +299,16 @@ class NatsLink:
                     if current is None or current.timestamp < position.timestamp:
                         self._outbox[position.symbol] = position
             self._wake()
+
+    def read_again(self, reason: str) -> None:
+        """Read the whole bucket again (from any thread), e.g. after a failed commit."""
+        logger.warning("reading bucket {} again: {}", self.settings.bucket, reason)
+        with contextlib.suppress(Exception):  # the loop is stopping
+            self._aio.call_soon(self._set_reread)
+
+    def _set_reread(self) -> None:
+        if self._reread is not None:
+            self._reread.set()
 
     # The events thread.
 
