@@ -26,9 +26,11 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from . import report
+from . import natsbench, report
 from .harness import ROOT, TRANSPORTS, BenchError
 from .workloads import WORKLOADS, Settings, baseline_latency, baseline_pipe
+
+assert natsbench.NatsTransport.name in TRANSPORTS  # importing it registers --transport nats
 
 RESULTS = ROOT / "benchmarks" / "results" / "latest.json"
 DOC = ROOT / "docs" / "performance.md"

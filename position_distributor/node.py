@@ -526,6 +526,12 @@ class Node:
         assert self._links is not None
         return self._links.status()
 
+    def links(self) -> list[PeerStatus]:
+        """What ``peers()`` says, at any time (empty before the start): for code that runs
+        while the node starts and stops (the risk view). Mesh or NATS alike."""
+        links = self._links
+        return [] if links is None else links.status()
+
     def history(self, symbol: str, limit: int = 20) -> list[JournalEntry]:
         """The last ``limit`` own trades in ``symbol`` from the journal, oldest first."""
         return self._started().history(symbol, limit)
