@@ -852,6 +852,12 @@ class NatsLink:
                 self._revs[symbol] = entry.revision
                 if entry.value in attempts:
                     # What this node wrote itself, whose acknowledgement was lost.
+                    logger.info(
+                        "bucket {} already holds {} as this node put it (its acknowledgement"
+                        " was lost): taken as written",
+                        self.settings.bucket,
+                        symbol,
+                    )
                     if entry.value == value:
                         self._attempts.pop(symbol, None)
                         return True
