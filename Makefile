@@ -11,7 +11,7 @@ PEERS ?=
 DATA_DIR ?= data
 ARGS ?=
 
-.PHONY: install run test check bench docs proto lint format clean
+.PHONY: install run test check bench docs proto lint format clean screenshot
 
 install: $(STAMP)
 
@@ -38,6 +38,11 @@ bench: $(STAMP)
 # The generated parts of docs/cli.md (the --help texts); tests/test_docs.py fails when stale.
 docs: $(STAMP)
 	$(BIN)/python tools/cli_doc.py
+
+# docs/risk-view.png: the page as the browser test sees it (a breach, a stale strategy).
+screenshot: $(STAMP)
+	PD_SCREENSHOT=docs/risk-view.png $(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/test_riskview_browser.py -k breach
 
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=position_distributor \

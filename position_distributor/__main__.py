@@ -24,6 +24,7 @@ from .natslink import NatsSettings
 from .node import Config, Node, NodeError
 from .peer import Limits
 from .protocol import MAX_PEER_HEARTBEAT_MS
+from .riskview import HttpSettings
 from .snapshots import format_time
 from .types import format_row
 from .wire import DEFAULT_MAX_FRAME_SIZE
@@ -100,6 +101,18 @@ def _address(text: str) -> tuple[str, int]:
     if not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError(
             f"invalid port in peer address {text!r}: expected HOST:PORT with a port of 1-65535"
+        )
+    return host, port
+
+
+def _http_address(text: str) -> tuple[str, int]:
+    host, sep, port_text = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    port = _port_number(port_text)
+    if not sep or not _valid_host(host) or port is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid --http address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080"
+            " (port 0: any free port)"
         )
     return host, port
 
@@ -232,6 +245,39 @@ def _build_parser() -> argparse.ArgumentParser:
         help="take a snapshot of the whole view every day at HH:MM local time, labelled"
         " 'eod YYYY-MM-DD' (read it with python -m position_distributor.snapshots)",
     )
+    view = parser.add_argument_group(
+        "risk view",
+        "Serves a web page of every position, live, a JSON and CSV API, Prometheus metrics and a"
+        " health check (see docs/risk-view.md). Read-only: nothing served changes a position.",
+    )
+    view.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        type=_http_address,
+        help="serve the risk view at http://HOST:PORT/ (a non-loopback HOST needs"
+        " --http-token-file or --insecure)",
+    )
+    view.add_argument(
+        "--http-token-file",
+        metavar="PATH",
+        type=Path,
+        help="bearer token(s), one per line, every one accepted; a browser gets a login form",
+    )
+    view.add_argument(
+        "--http-tls-cert",
+        metavar="PATH",
+        type=Path,
+        help="serve HTTPS with this certificate (PEM; not a peer's --tls-cert)",
+    )
+    view.add_argument("--http-tls-key", metavar="PATH", type=Path, help="its private key (PEM)")
+    view.add_argument(
+        "--limits",
+        metavar="FILE",
+        type=Path,
+        help="exposure limits, a CSV of symbol,limit (* for every other symbol): a breach"
+        " logs a WARNING and shows on the page and in the metrics; never refuses a trade;"
+        " SIGHUP reloads it",
+    )
     security = parser.add_argument_group(
         "security",
         "Without --secret-file or TLS, any process that can reach the port can read and write"
@@ -262,7 +308,8 @@ def _build_parser() -> argparse.ArgumentParser:
     security.add_argument(
         "--insecure",
         action="store_true",
-        help="allow a non-loopback --bind with neither a secret nor TLS",
+        help="allow a non-loopback --bind with neither a secret nor TLS, and a non-loopback"
+        " --http without a token",
     )
     limits = parser.add_argument_group(
         "timeouts and limits",
@@ -406,6 +453,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
             tls_cert=args.nats_tls_cert,
             tls_key=args.nats_tls_key,
         )
+    if args.http is None and (args.http_token_file or args.http_tls_cert or args.http_tls_key):
+        parser.error("--http-token-file, --http-tls-cert and --http-tls-key need --http")
     limits = Limits(
         max_frame_size=args.max_frame_size,
         heartbeat_interval=args.heartbeat,
@@ -433,6 +482,17 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
             max_symbols=args.max_symbols,
             recover=args.recover,
             nats=nats,
+            http=None
+            if args.http is None
+            else HttpSettings(
+                host=args.http[0],
+                port=args.http[1],
+                token_file=args.http_token_file,
+                tls_cert=args.http_tls_cert,
+                tls_key=args.http_tls_key,
+                insecure=args.insecure,
+            ),
+            limits_file=args.limits,
         )
     except NodeError as exc:
         parser.error(str(exc))
@@ -561,6 +621,18 @@ def _run_command(node: Node, command: Command) -> None:
             f" (read it with: python -m position_distributor.snapshots"
             f" {node.config.data_dir} --name {node.name} show {info.id})\n"
         )
+    elif name == "limits":
+        limit_rows = node.limits()
+        if limit_rows is None:
+            out.write("Limits\n(no --limits file)\n\n")
+            return
+        lines = [
+            f"{row.symbol} | {'-' if row.exposure is None else f'{row.exposure:.6f}'}"
+            f" | {'none' if row.limit is None else f'{row.limit:.6f}'}"
+            f"{' | BREACH' if row.breached else ''}\n"
+            for row in limit_rows
+        ]
+        out.write("Limits\n" + "".join(lines) + "\n")
     elif name == "peers":
         lines = []
         for status in node.peers():
@@ -596,6 +668,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.add(sys.stderr, level=args.log_level, format=LOG_FORMAT, backtrace=False, diagnose=False)
     signal.signal(signal.SIGTERM, _on_sigterm)
     node = Node(config, out=sys.stdout, err=sys.stderr)
+    if config.limits_file is not None:
+        # Runs in the main thread, which only waits: it holds no lock of the node.
+        signal.signal(signal.SIGHUP, lambda signum, frame: node.reload_limits())
     # Set by the console at its end, or by a node that can no longer apply changes (a bug).
     done = threading.Event()
     failures: list[str] = []  # the console's, if it fails

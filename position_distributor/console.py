@@ -26,7 +26,17 @@ __all__ = [
     "trades_of",
 ]
 
-COMMANDS = ("positions", "exposure", "peers", "history", "snapshot", "help", "exit", "quit")
+COMMANDS = (
+    "positions",
+    "exposure",
+    "limits",
+    "peers",
+    "history",
+    "snapshot",
+    "help",
+    "exit",
+    "quit",
+)
 MAX_HISTORY = 10_000
 MAX_LABEL = 64
 
@@ -38,6 +48,7 @@ Commands:
                the same ID again is ignored, the same ID with another trade is an error
   positions    every position this node knows, by strategy then symbol
   exposure     the firm's net position per symbol, over every strategy
+  limits       each symbol's exposure and its --limits limit, breaches marked
   peers        each peer: name, address, state, last heard
   history SYMBOL [N]
                the last N (default 20) trades of this strategy in SYMBOL, from the journal

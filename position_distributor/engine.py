@@ -31,6 +31,7 @@ from .clock import Clock
 from .consumer import Consumer
 from .dispatcher import Event, EventDispatcher
 from .links import Link, LinkTransport
+from .stats import Stats
 from .store import JournalEntry, SnapshotInfo, Store, StoreError
 from .types import ROW_LINE, Position
 from .wire import SyncDone
@@ -86,7 +87,14 @@ class Output:
 
 
 class Subscriber:
-    """Receives every batch of applied changes; ``deliver`` must not block."""
+    """Receives every batch of applied changes; ``deliver`` must not block.
+
+    With ``every_change`` False, a batch of own trades is delivered conflated: the last
+    position of each symbol in the batch (what the store and the peers get), enough for a
+    view of the book and much cheaper for a burst; otherwise one position per trade.
+    """
+
+    every_change = True
 
     def deliver(self, changes: list[Position]) -> None:  # pragma: no cover - interface
         raise NotImplementedError
@@ -128,6 +136,7 @@ class Engine:
         self._capped: set[str] = set()  # strategies whose extra symbols were dropped (logged)
         self.relay = relay
         self.sent = 0  # positions queued to peers (each copy counts), under the publish lock
+        self.stats = Stats()  # counters for /metrics, updated under the publish lock
         self._links = links
         self._store = store
         self._out = out
@@ -149,13 +158,15 @@ class Engine:
         # book (see _apply_trades, _apply_positions).
         self._publish_lock = threading.Lock()
         self._subscribers: tuple[Subscriber, ...] = ()
+        self._every_change = False  # whether a subscriber wants every change (publish lock)
         # Lists of trades (a console burst of up to one 64 KiB read, or one API trade);
         # bounded, so typing faster than trades apply blocks the console (backpressure)
         # instead of growing memory: at most 64 reads are waiting.
-        self._trades: Consumer[list[_Trade]] = Consumer(
+        # Each item also carries the time.monotonic() of its submission (for /metrics).
+        self._trades: Consumer[tuple[float, list[_Trade]]] = Consumer(
             "consume-trades",
             self._apply_trades,
-            size=len,
+            size=_trade_count,
             maxsize=max_queue,
             max_batch=_MAX_BATCH,
             # A burst is applied by the thread while the console reads the next one.
@@ -230,12 +241,13 @@ class Engine:
 
         Blocks while the trade queue is full (backpressure).
         """
-        return self._trades.put([_Trade(symbol, quantity, future, trade_id)])
+        return self._trades.put((time.monotonic(), [_Trade(symbol, quantity, future, trade_id)]))
 
     def submit_many(self, trades: list[tuple[str, float, None, str | None]]) -> bool:
         """Queue validated ``(symbol, quantity, None, trade_id)`` trades at once (the
         console's burst path, which builds them so); False if stopping."""
-        return self._trades.put(trades)  # type: ignore[arg-type]  # the same shape as _Trade
+        # The same shape as _Trade.
+        return self._trades.put((time.monotonic(), trades))  # type: ignore[arg-type]
 
     def barrier(self) -> Future[None]:
         """A future done once every trade submitted before it is applied and published."""
@@ -270,10 +282,12 @@ class Engine:
     def add_subscriber(self, subscriber: Subscriber) -> None:
         with self._publish_lock:
             self._subscribers = (*self._subscribers, subscriber)
+            self._every_change = any(s.every_change for s in self._subscribers)
 
     def remove_subscriber(self, subscriber: Subscriber) -> None:
         with self._publish_lock:
             self._subscribers = tuple(s for s in self._subscribers if s is not subscriber)
+            self._every_change = any(s.every_change for s in self._subscribers)
 
     # Peer event handlers (run in Peer threads).
 
@@ -302,7 +316,7 @@ class Engine:
 
     # Consumer threads.
 
-    def _apply_trades(self, batches: list[list[_Trade]]) -> None:
+    def _apply_trades(self, batches: list[tuple[float, list[_Trade]]]) -> None:
         """Apply a batch of own trades: one transaction, one broadcast, one write of rows.
 
         Every trade gets its journal entry and its row; the store and the peers get the last
@@ -316,17 +330,19 @@ class Engine:
         latest: dict[str, Position] = {}
         futures: list[tuple[Future[Any], Position | TradeError | None]] = []
         trade_ids: dict[str, tuple[float, Position]] = {}  # of this batch: id -> trade
+        applied: list[tuple[float, int]] = []  # (submitted at, trades applied) per submission
         time_ns = time.time_ns
         new = tuple.__new__  # Position(...) without NamedTuple's slower __new__
         now_ns = time_ns()
         with self._publish_lock:
-            changes: list[Position] | None = [] if self._subscribers else None
-            given = [trade[3] for batch in batches for trade in batch if trade[3] is not None]
+            changes: list[Position] | None = [] if self._every_change else None
+            given = [trade[3] for _, batch in batches for trade in batch if trade[3] is not None]
             known = self._store.trades(given) if given else {}
             with self._book_lock:
                 own = self._book.symbols(name)
                 last = self._clock.last
-                for batch in batches:
+                for arrived, batch in batches:
+                    count = len(journal)
                     for symbol, quantity, future, trade_id in batch:
                         if not symbol:  # a barrier: done once everything before is published
                             if future is not None:
@@ -370,6 +386,8 @@ class Engine:
                             futures.append((future, position))
                         if trade_id is not None:
                             trade_ids[trade_id] = (quantity, position)
+                    if len(journal) > count:
+                        applied.append((arrived, len(journal) - count))
                 self._clock.observe(last)
             stored = list(latest.values())
             try:
@@ -384,6 +402,9 @@ class Engine:
             except StoreError as exc:
                 self._put_back([(name, symbol) for symbol in latest])
                 futures = self._refuse_batch(journal, futures, exc)
+                self.stats.refused += len(journal)
+            else:
+                self._count_trades(applied)
         for future, result in futures:
             if isinstance(result, Exception):
                 future.set_exception(result)
@@ -476,12 +497,26 @@ class Engine:
             self._book.put_back(keys, committed)
             self._bases = self._store.bases()
 
-    @staticmethod
+    def _count_trades(self, applied: list[tuple[float, int]]) -> None:
+        """Count committed trades and their time from submission. Caller holds the publish
+        lock."""
+        stats = self.stats
+        now = time.monotonic()
+        observe = stats.latency.observe
+        total = 0
+        for arrived, count in applied:
+            observe(now - arrived, count)
+            total += count
+        stats.trades += total
+        stats.own_changes += total
+
     def _refuse(
+        self,
         future: Future[Any] | None,
         futures: list[tuple[Future[Any], Position | TradeError | None]],
         reason: str,
     ) -> None:
+        self.stats.refused += 1
         error = TradeError(reason)
         logger.error("trade refused: {}", error)
         if future is not None:
@@ -536,6 +571,7 @@ class Engine:
                     journal=journal,
                     bases=bases,
                 )
+                self.stats.peer_changes += len(changes)
             except StoreError as exc:
                 self._put_back([(p.strategy, p.symbol) for p in changes])
                 self._store_failed(exc, f"{len(changes)} position(s) from peers")
@@ -690,8 +726,9 @@ class Engine:
         if rows is None:
             rows = "".join([ROW_LINE % p for p in changes])
         self._out.write(rows)
+        latest = changes if stored is None else stored
         for subscriber in self._subscribers:
-            subscriber.deliver(changes)
+            subscriber.deliver(changes if subscriber.every_change else latest)
 
     # Recovery window.
 
@@ -813,6 +850,10 @@ class Engine:
                 timeout,
                 own,
             )
+
+
+def _trade_count(item: tuple[float, list[_Trade]]) -> int:
+    return len(item[1])
 
 
 def _message_count(item: tuple[Link, list[Any]]) -> int:

@@ -24,8 +24,10 @@ from . import auth
 from .aioloop import AioLoop
 from .dispatcher import EventDispatcher
 from .engine import DEFAULT_MAX_SYMBOLS, Engine, Output, Subscriber
+from .limits import LimitRow, LimitsError, LimitWatcher, load_limits
 from .links import LinkTransport
 from .peer import Limits, Peer, PeerStatus
+from .riskview import HttpError, HttpSettings, RiskView
 from .store import JournalEntry, SnapshotInfo, Store, StoreError
 from .transport import TlsError, make_tls_contexts
 from .types import (
@@ -77,6 +79,8 @@ class Config:
     max_symbols: int = DEFAULT_MAX_SYMBOLS  # per strategy, own and peers'
     recover: bool = False  # recover own positions from peers at start (a restored store)
     nats: NatsSettings | None = None  # travel through a NATS JetStream bucket, not a mesh
+    http: HttpSettings | None = None  # the risk view's web server (--http)
+    limits_file: Path | None = None  # exposure limits, symbol,limit per line (--limits)
 
     @property
     def tls(self) -> bool:
@@ -96,6 +100,11 @@ class Config:
             raise NodeError(f"invalid port {self.port}: expected 0-65535")
         if self.recovery_timeout < 0:
             raise NodeError("recovery timeout must not be negative")
+        if self.http is not None:
+            try:
+                self.http.check()
+            except HttpError as exc:
+                raise NodeError(str(exc)) from exc
         if self.nats is not None:
             mesh = [
                 what
@@ -247,6 +256,8 @@ class Node:
         self.on_failure: Callable[[str], None] | None = None
         self._timer: threading.Thread | None = None
         self._aio: AioLoop | None = None  # started by the first asyncio service (aioloop())
+        self._watcher: LimitWatcher | None = None  # with --limits
+        self.risk_view: RiskView | None = None  # with --http
         # Mutex serializing start() and stop().
         self._lock = threading.Lock()
 
@@ -262,6 +273,42 @@ class Node:
         return self._peer.port if self._peer is not None else 0
 
     @property
+    def state(self) -> str:
+        """``new``, ``starting``, ``running``, ``stopping`` or ``stopped``."""
+        return self._state
+
+    @property
+    def http_port(self) -> int:
+        """The port of the risk view (the one chosen by the OS if configured as 0)."""
+        if self.risk_view is None:
+            raise NodeError(f"node {self.name} has no --http")
+        return self.risk_view.port
+
+    def limits(self) -> list[LimitRow] | None:
+        """Each symbol held or given a limit, with its exposure and limit; None without
+        ``--limits``."""
+        self._started()
+        return None if self._watcher is None else self._watcher.rows()
+
+    def reload_limits(self) -> bool:
+        """Read the ``--limits`` file again (SIGHUP). A bad file: an ERROR naming the line,
+        and the limits in force stay. Returns whether the new limits are in force."""
+        path = self.config.limits_file
+        if path is None or self._watcher is None:
+            logger.warning("no --limits file to reload")
+            return False
+        try:
+            limits = load_limits(path)
+        except LimitsError as exc:
+            logger.error("{}; the limits in force stay", exc)
+            return False
+        self._watcher.reload(limits)
+        logger.info("limits reloaded from {}: {} limit(s)", path, len(limits))
+        if self.risk_view is not None:
+            self.risk_view.limits_reloaded()
+        return True
+
+    @property
     def recovering(self) -> bool:
         """Whether typed trades are held until peers send this node's positions back."""
         return self._engine is not None and self._engine.recovering
@@ -275,38 +322,80 @@ class Node:
         with self._lock:
             if self._state != "new":
                 raise NodeError(f"node {self.name} is {self._state}; a Node starts once")
-            self._state = "stopped"  # unless everything below succeeds
-            config = self.config
-            if config.nats is not None:
-                links, store = self._open_nats(config.nats)
-            else:
-                links, store = self._open_mesh()
-            self._links, self._store = links, store
+            self._state = "starting"
             try:
-                if config.recover:
-                    store.mark_needs_recovery()
-                self._engine = self._engine_for(links, store)
-            except StoreError as exc:
-                store.close()
-                links.stop()
-                raise NodeError(str(exc)) from exc
-            stored = self._engine.positions()
-            logger.info("store {} holds {} position(s)", store.path, len(stored))
-            if self._peer is not None:
-                self._say_how_peers_are_checked(self._secrets, self._peer.port)
-            self.output.write("".join(p.row() + "\n" for p in stored))
-            links.start()
-            self._engine.start()
-            if config.snapshot_at is not None:
-                self._timer = threading.Thread(
-                    target=self._take_daily_snapshots,
-                    args=(config.snapshot_at,),
-                    name="snapshot-timer",
-                    daemon=True,
-                )
-                self._timer.start()
+                self._start()
+            except BaseException:
+                self._state = "stopped"
+                raise
             self._state = "running"
         return self
+
+    def _start(self) -> None:
+        """What start() does, under the node lock."""
+        config = self.config
+        limits = None
+        if config.limits_file is not None:
+            try:
+                limits = load_limits(config.limits_file)
+            except LimitsError as exc:
+                raise NodeError(str(exc)) from exc
+        if config.nats is not None:
+            links, store = self._open_nats(config.nats)
+        else:
+            links, store = self._open_mesh()
+        self._links, self._store = links, store
+        try:
+            if config.recover:
+                store.mark_needs_recovery()
+            self._engine = self._engine_for(links, store)
+        except StoreError as exc:
+            store.close()
+            links.stop()
+            raise NodeError(str(exc)) from exc
+        stored = self._engine.positions()
+        if limits is not None:
+            self._watcher = LimitWatcher(limits, stored)
+            self._engine.add_subscriber(self._watcher)
+        if config.http is not None:
+            try:
+                self._start_risk_view(config.http)
+            except NodeError:
+                store.close()
+                links.stop()
+                if self._aio is not None:
+                    self._aio.stop()
+                raise
+        logger.info("store {} holds {} position(s)", store.path, len(stored))
+        if self._peer is not None:
+            self._say_how_peers_are_checked(self._secrets, self._peer.port)
+        self.output.write("".join(p.row() + "\n" for p in stored))
+        links.start()
+        self._engine.start()
+        if config.snapshot_at is not None:
+            self._timer = threading.Thread(
+                target=self._take_daily_snapshots,
+                args=(config.snapshot_at,),
+                name="snapshot-timer",
+                daemon=True,
+            )
+            self._timer.start()
+
+    def _start_risk_view(self, settings: HttpSettings) -> None:
+        """Start the web server on the asyncio loop (bound before anything is printed)."""
+        assert self._engine is not None
+        view = RiskView(self, self._engine, settings, self._watcher)
+        try:
+            warnings = view.load_credentials()
+            aio = self._ensure_aioloop()
+            view.aio = aio
+            aio.call(view.start(), timeout=30)
+        except HttpError as exc:
+            raise NodeError(str(exc)) from exc
+        for warning in warnings:
+            logger.warning(warning)
+        aio.on_stop(view.stop)
+        self.risk_view = view
 
     def _engine_for(self, links: LinkTransport, store: Store) -> Engine:
         """The engine on ``store``, whose contents it loads (``StoreError`` if it cannot)."""

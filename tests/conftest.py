@@ -14,7 +14,7 @@ from .inproc import Nodes
 from .procs import Cluster
 from .rawpeer import RawPeer
 
-pytest_plugins = ["tests.nats_support"]
+pytest_plugins = ["tests.nats_support", "tests.browser"]
 
 settings.register_profile("default", max_examples=100, deadline=None)
 settings.register_profile(

@@ -53,10 +53,12 @@ def test_commands(name: str) -> None:
 
 
 def test_command_list() -> None:
-    """The console knows DESIGN.md's commands plus history and snapshot; help mentions each."""
+    """The console knows DESIGN.md's commands plus history, snapshot and limits; help mentions
+    each."""
     assert set(COMMANDS) == {
         "positions",
         "exposure",
+        "limits",
         "peers",
         "history",
         "snapshot",
