@@ -27,7 +27,7 @@ from .engine import DEFAULT_MAX_SYMBOLS, Engine, Output, Subscriber
 from .limits import LimitRow, LimitsError, LimitWatcher, load_limits
 from .links import LinkTransport
 from .peer import Limits, Peer, PeerStatus
-from .riskview import HttpError, HttpSettings, RiskView
+from .riskview.settings import HttpError, HttpSettings
 from .store import JournalEntry, SnapshotInfo, Store, StoreError
 from .transport import TlsError, make_tls_contexts
 from .types import (
@@ -41,6 +41,7 @@ from .types import (
 
 if TYPE_CHECKING:
     from .natslink import NatsSettings
+    from .riskview.server import RiskView
 
 __all__ = ["Config", "Node", "NodeError", "Updates", "UpdatesOverflow"]
 
@@ -383,6 +384,8 @@ class Node:
 
     def _start_risk_view(self, settings: HttpSettings) -> None:
         """Start the web server on the asyncio loop (bound before anything is printed)."""
+        from .riskview.server import RiskView  # aiohttp is loaded only by a node that serves
+
         assert self._engine is not None
         view = RiskView(self, self._engine, settings, self._watcher)
         try:

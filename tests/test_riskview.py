@@ -475,7 +475,7 @@ def test_a_stalled_reader_never_slows_the_node_and_is_resynced(
         reader.read_until(lambda events: any(n == "snapshot" for n, _ in events))
         started = time.monotonic()
         for start in range(0, 30_000, 1000):
-            node.submit_many([(f"S{i}", 1.0, None) for i in range(start, start + 1000)])
+            node.submit_many([(f"S{i}", 1.0, None, None) for i in range(start, start + 1000)])
         assert node.flush(timeout=60)
         took = time.monotonic() - started
         wait_until(lambda: len(view.hub.mirror) == 30_000, timeout=30, what="the mirror")

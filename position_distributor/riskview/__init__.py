@@ -1,7 +1,11 @@
-"""The risk desk's live view: a web page, a JSON and CSV API, Prometheus metrics (``--http``)."""
+"""The risk desk's live view: a web page, a JSON and CSV API, Prometheus metrics (``--http``).
+
+``settings`` is light; ``server`` (aiohttp, prometheus_client) is imported only by a node that
+serves the view.
+"""
 
 from __future__ import annotations
 
-from .server import HttpError, HttpSettings, RiskView, is_loopback
+from .settings import HttpError, HttpSettings, is_loopback
 
-__all__ = ["HttpError", "HttpSettings", "RiskView", "is_loopback"]
+__all__ = ["HttpError", "HttpSettings", "is_loopback"]

@@ -13,16 +13,13 @@ import csv
 import hashlib
 import hmac
 import io
-import ipaddress
 import json
 import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import janus
@@ -35,12 +32,13 @@ from ..limits import LimitTable, LimitWatcher
 from ..metrics import CONTENT_TYPE, NodeMetrics, Reading
 from ..types import Position, valid_strategy, valid_symbol
 from .hub import Feed, Hub
+from .settings import HttpError, HttpSettings, is_loopback
 
 if TYPE_CHECKING:
     from ..engine import Engine
     from ..node import Node
 
-__all__ = ["HttpError", "HttpSettings", "RiskView", "is_loopback"]
+__all__ = ["RiskView"]
 
 PING_INTERVAL: Final = 5.0  # seconds between keep-alive events on an idle stream
 MIN_SEND_INTERVAL: Final = 0.05  # seconds: a stream sends at most 20 times a second
@@ -74,47 +72,6 @@ _STATE_LABELS: Final = {
     "refused": "refused",
     "standing": "standing_by",
 }
-
-
-class HttpError(Exception):
-    """The risk view cannot start: a bad flag, token file, certificate, or a busy port."""
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-@dataclass(frozen=True)
-class HttpSettings:
-    """What ``--http`` and its companions say."""
-
-    host: str
-    port: int
-    token_file: Path | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    insecure: bool = False
-
-    @property
-    def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-    def check(self) -> None:
-        """Raise ``HttpError`` for a combination of flags that must not start."""
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise HttpError("HTTPS needs both --http-tls-cert and --http-tls-key")
-        if not is_loopback(self.host) and self.token_file is None and not self.insecure:
-            raise HttpError(
-                f"refusing --http {self.address} without --http-token-file: anyone who can"
-                " reach it could read every position (bind a loopback address, give a token"
-                " file, or --insecure to do it anyway)"
-            )
 
 
 def _timestamp_text(ns: int | None) -> str | None:
