@@ -15,6 +15,8 @@ from position_distributor.types import Position
 
 from .nats_support import NatsNodes, NatsServer
 from .procs import run_cli
+from .riskview_support import http_url, request
+from .waiting import wait_until
 
 
 async def _kv_call(url: str, bucket: str, action: str, key: str = "", value: bytes = b"") -> object:
@@ -236,3 +238,24 @@ def test_a_mesh_node_restarted_on_nats_puts_its_positions(
     expected = {("s1", "AAPL"): 7.0, ("s1", "MSFT"): -2.0}
     other.wait_for_view(expected)
     moved.wait_for_log("own position(s) missing or older in bucket")
+
+
+def test_the_risk_view_shows_the_nats_link(nats_nodes: NatsNodes) -> None:
+    """/api/peers and /healthz list the NATS link (its server and state) and the strategies
+    seen in the bucket; /metrics counts them."""
+    s1 = nats_nodes.add_nats("s1", "--http", "127.0.0.1:0")
+    s2 = nats_nodes.add_nats("s2")
+    s2.type("AAPL 2")
+    s1.wait_for_view({("s2", "AAPL"): 2.0})
+    url = http_url(s1)
+    peers = wait_until(lambda: (r := request(url + "/api/peers")).status == 200 and r.json())
+    link = peers[0]
+    assert link["name"] == f"nats:{nats_nodes.bucket}"
+    assert link["address"].startswith("127.0.0.1:") and link["connected"]
+    assert any(p["name"] == "s2" and p["state"].startswith("seen in the bucket") for p in peers)
+    health = wait_until(lambda: (r := request(url + "/healthz")).status == 200 and r.json())
+    assert health["links"][0]["name"] == f"nats:{nats_nodes.bucket}"
+    assert health["links"][0]["state"] == "connected"
+    metrics = request(url + "/metrics").body.decode()
+    assert "pd_peers_connected 1.0" in metrics  # the link; s2 is seen, not connected
+    assert 'pd_peers{state="connected"} 1.0' in metrics
