@@ -358,7 +358,7 @@ def main() -> None:
         add(
             "sender",
             "Engine._apply_trades, batch of 4096 (per trade; store, encode, rows)",
-            per_call(lambda: engine._apply_trades([batch]), BATCH),
+            per_call(lambda: engine._apply_trades([(0.0, batch)]), BATCH),
         )
         conn = _FakeConn()
         counter = [10**18]
@@ -446,7 +446,7 @@ def no_coalescing(count: int = 20_000, repeats: int = 5) -> dict[str, float]:
             peer.stream.clear()
             t0 = clock()
             for batch in batches:
-                sender._apply_trades([batch])
+                sender._apply_trades([(0.0, batch)])
             t1 = clock()
             timings["sender: Engine._apply_trades (book, store, encode, rows)"] = t1 - t0
             stream = b"".join(peer.stream)
