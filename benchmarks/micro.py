@@ -63,7 +63,7 @@ class _FakePeer:
             return 0
         return len(own) * self.broadcast(b"".join(map(encode_position, own)))
 
-    def broadcast(self, data: bytes, *, exclude: Any = None) -> int:
+    def broadcast(self, data: bytes) -> int:
         self.sent += len(data)
         return 1
 
@@ -399,7 +399,7 @@ class _RecordingPeer(_FakePeer):
         super().__init__()
         self.stream: list[bytes] = []
 
-    def broadcast(self, data: bytes, *, exclude: Any = None) -> int:
+    def broadcast(self, data: bytes) -> int:
         self.stream.append(data)
         return 1
 

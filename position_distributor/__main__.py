@@ -26,7 +26,7 @@ from .peer import Limits
 from .protocol import MAX_PEER_HEARTBEAT_MS
 from .riskview import HttpSettings
 from .snapshots import format_time
-from .types import format_row
+from .types import format_rows
 from .wire import DEFAULT_MAX_FRAME_SIZE
 
 __all__ = ["main", "parse_args"]
@@ -601,7 +601,7 @@ def _run_command(node: Node, command: Command) -> None:
     if name == "help":
         out.write(HELP)
     elif name == "positions":
-        rows = "".join(format_row(p) + "\n" for p in node.positions())
+        rows = format_rows(node.positions())
         out.write(f"Current positions\n{rows}\n")
     elif name == "exposure":
         rows = "".join(f"{symbol} | {net:.6f}\n" for symbol, net in node.exposure().items())

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Iterable, Iterator
 
+from .clock import Clock
 from .types import Position
 
-__all__ = ["Book", "merge"]
+__all__ = ["Book", "Refused", "merge"]
+
+
+class Refused(enum.Enum):
+    """Why ``Book.trade_many`` did not apply an own trade (the book unchanged by it)."""
+
+    OVERFLOW = "the position would not be a finite number"
+    MAX_SYMBOLS = "a new symbol beyond the strategy's maximum"
 
 
 def _key(position: Position) -> tuple[int, float]:
@@ -66,12 +75,45 @@ class Book:
         symbols[symbol] = position if net != 0.0 else _one_zero(position)
         return True
 
-    def symbols(self, strategy: str) -> dict[str, Position]:
-        """The live map symbol -> position of ``strategy`` (created empty if new).
+    def trade_many(
+        self,
+        strategy: str,
+        trades: Iterable[tuple[str, float]],
+        clock: Clock,
+        max_symbols: int,
+    ) -> list[Position | Refused]:
+        """Apply the owner's own trades, in order: each adds its quantity to ``strategy``'s
+        position in its symbol, stamped ``clock.next()``. Returns, for each trade, the
+        position it produced, or why it was refused (a result that is not finite, or a new
+        symbol once the strategy holds ``max_symbols``), which changes nothing.
 
-        For the owner's batch path (the engine applying its own trades, each newer than the
-        last): whoever writes to it must only ever replace an entry by a greater one, and
-        never store -0.0.
+        The owner's path: each position it writes is newer than the one it replaces (the
+        clock only goes forward), so it replaces it without a merge.
+        """
+        own = self.symbols(strategy)
+        stamp = clock.next
+        new = tuple.__new__  # Position(...) without NamedTuple's slower __new__
+        results: list[Position | Refused] = []
+        append = results.append
+        for symbol, quantity in trades:
+            current = own.get(symbol)
+            if current is not None:
+                net = current[2] + quantity + 0.0  # + 0.0: never -0.0
+            elif len(own) < max_symbols:
+                net = quantity + 0.0
+            else:
+                append(Refused.MAX_SYMBOLS)
+                continue
+            if net - net != 0.0:  # inf or nan: not finite
+                append(Refused.OVERFLOW)
+                continue
+            own[symbol] = position = new(Position, (strategy, symbol, net, stamp()))
+            append(position)
+        return results
+
+    def symbols(self, strategy: str) -> dict[str, Position]:
+        """The live map symbol -> position of ``strategy`` (created empty if new): whoever
+        writes to it must only ever replace an entry by a greater one, and never store -0.0.
         """
         symbols = self._by_strategy.get(strategy)
         if symbols is None:

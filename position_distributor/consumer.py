@@ -68,7 +68,8 @@ class Consumer(Generic[T]):
     @property
     def pending(self) -> int:
         """Items put and not yet applied."""
-        return self._pending
+        with self._lock:
+            return self._pending
 
     def start(self, before: Callable[[], bool] | None = None) -> None:
         """Start the thread. It first runs ``before`` (the engine's recovery wait), holding

@@ -18,6 +18,7 @@ once the fault is fixed.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -26,14 +27,14 @@ from typing import IO, Any, Final, NamedTuple
 
 from loguru import logger
 
-from .book import Book
+from .book import Book, Refused
 from .clock import Clock
 from .consumer import Consumer
 from .dispatcher import Event, EventDispatcher
 from .links import Link, LinkTransport
 from .stats import Stats
 from .store import JournalEntry, SnapshotInfo, Store, StoreError
-from .types import ROW_LINE, Position
+from .types import Position, format_rows
 from .wire import SyncDone
 
 __all__ = [
@@ -102,6 +103,20 @@ class Subscriber:
     def close(self) -> None:  # pragma: no cover - interface
         """The engine stopped: no change will be delivered any more."""
         raise NotImplementedError
+
+
+@dataclasses.dataclass(slots=True)
+class _Publication:
+    """What one applied batch publishes: see ``Engine._publish``."""
+
+    changes: list[Position]  # to the subscribers; printed, unless rows are given
+    broadcast: list[Position] = dataclasses.field(default_factory=list)  # own: to every peer
+    stored: list[Position] | None = None  # what the store gets, if not the changes
+    rows: str | None = None  # the rows to print, if not those of the changes
+    relayed: list[tuple[Position, Link]] = dataclasses.field(default_factory=list)
+    journal: list[JournalEntry] = dataclasses.field(default_factory=list)
+    bases: list[Position] = dataclasses.field(default_factory=list)
+    trade_ids: list[tuple[str, int]] = dataclasses.field(default_factory=list)
 
 
 class _Trade(NamedTuple):
@@ -319,139 +334,143 @@ class Engine:
     def _apply_trades(self, batches: list[tuple[float, list[_Trade]]]) -> None:
         """Apply a batch of own trades: one transaction, one broadcast, one write of rows.
 
-        Every trade gets its journal entry and its row; the store and the peers get the last
-        position of each symbol in the batch (the ones before it are already superseded).
-        If the store cannot commit, every trade of the batch is refused and the book is put
-        back as it was (see ``_refuse_batch``).
+        The book applies them (``Book.trade_many``, stamped by the clock). Every trade gets
+        its journal entry and its row; the store and the peers get the last position of each
+        symbol in the batch (the ones before it are already superseded). A trade whose ID
+        was applied before is not applied again (see ``_replayed``). If the store cannot
+        commit, every trade of the batch is refused and the book is put back as it was (see
+        ``_refuse_batch``).
         """
         name = self.name
-        rows: list[str] = []
-        journal: list[tuple[int, str, float, float, int, str]] = []
-        latest: dict[str, Position] = {}
+        orders: list[tuple[str, float]] = []  # the trades for the book, in order
+        waiting: list[tuple[Future[Any] | None, str | None]] = []  # each order's future, ID
+        repeats: list[tuple[int, _Trade]] = []  # an ID used again in this batch: its first
         futures: list[tuple[Future[Any], Position | TradeError | None]] = []
-        trade_ids: dict[str, tuple[float, Position]] = {}  # of this batch: id -> trade
-        applied: list[tuple[float, int]] = []  # (submitted at, trades applied) per submission
-        time_ns = time.time_ns
-        new = tuple.__new__  # Position(...) without NamedTuple's slower __new__
-        now_ns = time_ns()
+        now_ns = time.time_ns()
         with self._publish_lock:
-            changes: list[Position] | None = [] if self._every_change else None
+            every_change = self._every_change
             given = [trade[3] for _, batch in batches for trade in batch if trade[3] is not None]
             known = self._store.trades(given) if given else {}
-            with self._book_lock:
-                own = self._book.symbols(name)
-                last = self._clock.last
-                for arrived, batch in batches:
-                    count = len(journal)
-                    for symbol, quantity, future, trade_id in batch:
-                        if not symbol:  # a barrier: done once everything before is published
-                            if future is not None:
-                                futures.append((future, None))
-                            continue
-                        if trade_id is not None and self._replayed(
-                            symbol, quantity, future, trade_id, trade_ids, known, futures
-                        ):
-                            continue
-                        current = own.get(symbol)
-                        if current is not None:
-                            net = current[2] + quantity + 0.0  # + 0.0: never -0.0
-                        elif len(own) < self._max_symbols:
-                            net = quantity + 0.0
-                        else:
-                            self._refuse(
-                                future,
-                                futures,
-                                f"{symbol}: this strategy already holds {self._max_symbols}"
-                                " symbols, the most a node accepts (--max-symbols)",
-                            )
-                            continue
-                        if net - net != 0.0:  # inf or nan: not finite
-                            self._refuse(
-                                future,
-                                futures,
-                                f"{symbol} {quantity:g} would make the position overflow",
-                            )
-                            continue
-                        ts = time_ns()
-                        if ts <= last:  # the wall clock stepped back, or a fast burst
-                            ts = last + 1
-                        last = ts
-                        position = new(Position, (name, symbol, net, ts))
-                        own[symbol] = latest[symbol] = position
-                        journal.append((now_ns, symbol, quantity, net, ts, "trade"))
-                        rows.append(ROW_LINE % position)
-                        if changes is not None:
-                            changes.append(position)
+            first: dict[str, int] = {}  # trade ID -> the index of its order in this batch
+            submissions: list[tuple[float, int]] = []  # (submitted at, its first order)
+            for arrived, batch in batches:
+                submissions.append((arrived, len(orders)))
+                for trade in batch:
+                    symbol, quantity, future, trade_id = trade
+                    if not symbol:  # a barrier: done once everything before is published
                         if future is not None:
-                            futures.append((future, position))
-                        if trade_id is not None:
-                            trade_ids[trade_id] = (quantity, position)
-                    if len(journal) > count:
-                        applied.append((arrived, len(journal) - count))
-                self._clock.observe(last)
+                            futures.append((future, None))
+                        continue
+                    if trade_id is not None:
+                        if trade_id in known:
+                            self._replayed(trade, known[trade_id], futures)
+                            continue
+                        if trade_id in first:
+                            repeats.append((first[trade_id], trade))
+                            continue
+                        first[trade_id] = len(orders)
+                    orders.append((symbol, quantity))
+                    waiting.append((future, trade_id))
+            with self._book_lock:
+                results = self._book.trade_many(name, orders, self._clock, self._max_symbols)
+            journal: list[JournalEntry] = []
+            latest: dict[str, Position] = {}
+            trade_ids: list[tuple[str, int]] = []
+            new = tuple.__new__  # JournalEntry(...) without NamedTuple's slower __new__
+            for (symbol, quantity), (future, trade_id), result in zip(
+                orders, waiting, results, strict=True
+            ):
+                if type(result) is not Position:
+                    self._refuse(future, futures, self._refusal(result, symbol, quantity))
+                    continue
+                latest[symbol] = result
+                journal.append(
+                    new(JournalEntry, (now_ns, symbol, quantity, result[2], result[3], "trade"))
+                )
+                if future is not None:
+                    futures.append((future, result))
+                if trade_id is not None:
+                    trade_ids.append((trade_id, result[3]))
+            applied = [result for result in results if type(result) is Position]
+            for index, trade in repeats:
+                result = results[index]
+                self._replayed(
+                    trade,
+                    (*orders[index], *result[2:]) if type(result) is Position else None,
+                    futures,
+                )
+            # Trades applied per submission, with when it was submitted (the stats).
+            ends = [start for _, start in submissions[1:]] + [len(results)]
+            counts = [
+                (arrived, sum(type(r) is Position for r in results[start:end]))
+                for (arrived, start), end in zip(submissions, ends, strict=True)
+            ]
             stored = list(latest.values())
             try:
                 self._publish(
-                    stored if changes is None else changes,
-                    stored=stored,
-                    broadcast=stored,
-                    rows="".join(rows),
-                    journal=journal,
-                    trade_ids=[(tid, p.timestamp) for tid, (_, p) in trade_ids.items()],
+                    _Publication(
+                        applied if every_change else stored,
+                        stored=stored,
+                        broadcast=stored,
+                        rows=format_rows(applied),
+                        journal=journal,
+                        trade_ids=trade_ids,
+                    )
                 )
             except StoreError as exc:
                 self._put_back([(name, symbol) for symbol in latest])
                 futures = self._refuse_batch(journal, futures, exc)
                 self.stats.refused += len(journal)
             else:
-                self._count_trades(applied)
-        for future, result in futures:
-            if isinstance(result, Exception):
-                future.set_exception(result)
+                self._count_trades([(arrived, n) for arrived, n in counts if n])
+        for future, outcome in futures:
+            if isinstance(outcome, Exception):
+                future.set_exception(outcome)
             else:
-                future.set_result(result)
+                future.set_result(outcome)
+
+    def _refusal(self, refused: Position | Refused, symbol: str, quantity: float) -> str:
+        """What to say of an own trade the book refused."""
+        if refused is Refused.MAX_SYMBOLS:
+            return (
+                f"{symbol}: this strategy already holds {self._max_symbols} symbols, the most"
+                " a node accepts (--max-symbols)"
+            )
+        return f"{symbol} {quantity:g} would make the position overflow"
 
     def _replayed(
         self,
-        symbol: str,
-        quantity: float,
-        future: Future[Any] | None,
-        trade_id: str,
-        batch: dict[str, tuple[float, Position]],
-        known: dict[str, tuple[str, float, float, int]],
+        trade: _Trade,
+        applied: tuple[str, float, float, int] | None,
         futures: list[tuple[Future[Any], Position | TradeError | None]],
-    ) -> bool:
-        """Whether a trade's ID was applied before (in this batch, or in the store, whose
-        answers for the batch's IDs are ``known``): then
-        the trade is not applied again. The same trade again is ignored with a notice, and
-        its future gets the position that trade produced; another trade under the same ID is
-        refused. Caller holds the book lock."""
-        seen = batch.get(trade_id)
-        if seen is None:
-            stored = known.get(trade_id)
-            if stored is None:
-                return False
-            seen = stored[1], Position(self.name, stored[0], stored[2], stored[3])
-        first_quantity, produced = seen
-        if produced.symbol == symbol and first_quantity == quantity:
+    ) -> None:
+        """A trade whose ID was applied before (``applied``: that trade's symbol and quantity,
+        and the net position and timestamp it produced; None if it was refused): it is not
+        applied again. The same trade again is ignored with a notice, and its future gets the
+        position that trade produced; another trade under the same ID is refused."""
+        symbol, quantity, future, trade_id = trade
+        if applied is None:
+            self._refuse(future, futures, f"trade ID {trade_id} was given to a refused trade")
+            return
+        first_symbol, first_quantity, net, timestamp = applied
+        if first_symbol == symbol and first_quantity == quantity:
             self._err.write(
                 f"notice: trade {trade_id} ({symbol} {quantity:g}) was already applied,"
-                f" giving {produced.net_position:.6f} at {produced.timestamp}; ignored\n"
+                f" giving {net:.6f} at {timestamp}; ignored\n"
             )
             if future is not None:
-                futures.append((future, produced))
+                futures.append((future, Position(self.name, symbol, net, timestamp)))
         else:
             self._refuse(
                 future,
                 futures,
-                f"trade ID {trade_id} was already used for {produced.symbol}"
+                f"trade ID {trade_id} was already used for {first_symbol}"
                 f" {first_quantity:g}; {symbol} {quantity:g} is not applied",
             )
-        return True
 
     def _refuse_batch(
         self,
-        journal: list[tuple[int, str, float, float, int, str]],
+        journal: list[JournalEntry],
         futures: list[tuple[Future[Any], Position | TradeError | None]],
         exc: StoreError,
     ) -> list[tuple[Future[Any], Position | TradeError | None]]:
@@ -536,7 +555,7 @@ class Engine:
         relayed: list[tuple[Position, Link]] = []
         relay = self.relay
         bases: list[Position] = []
-        journal: list[tuple[int, str, float, float, int, str]] = []
+        journal: list[JournalEntry] = []
         synced: list[str] = []
         max_symbols = self._max_symbols
         with self._publish_lock:
@@ -565,11 +584,13 @@ class Engine:
             try:
                 # Own positions learnt back are broadcast: a peer may have missed them too.
                 self._publish(
-                    changes,
-                    broadcast=own_changes,
-                    relayed=relayed,
-                    journal=journal,
-                    bases=bases,
+                    _Publication(
+                        changes,
+                        broadcast=own_changes,
+                        relayed=relayed,
+                        journal=journal,
+                        bases=bases,
+                    )
                 )
                 self.stats.peer_changes += len(changes)
             except StoreError as exc:
@@ -601,7 +622,7 @@ class Engine:
         self,
         echo: Position,
         bases: list[Position],
-        journal: list[tuple[int, str, float, float, int, str]],
+        journal: list[JournalEntry],
     ) -> Position | None:
         """A peer sent back one of our own positions (the echo in its sync): apply it.
 
@@ -680,35 +701,29 @@ class Engine:
         )
         return position
 
-    def _publish(
-        self,
-        changes: list[Position],
-        *,
-        broadcast: list[Position],
-        stored: list[Position] | None = None,
-        rows: str | None = None,
-        relayed: list[tuple[Position, Link]] | None = None,
-        journal: list[tuple[int, str, float, float, int, str]] | None = None,
-        bases: list[Position] | None = None,
-        trade_ids: list[tuple[str, int]] | None = None,
-    ) -> None:
+    def _publish(self, batch: _Publication) -> None:
         """Commit, send, print and notify. Caller holds the publish lock.
 
         Raises ``StoreError`` (before anything is sent or printed) if the commit fails.
 
         ``changes`` go to subscribers and are printed (unless ``rows`` is given) and stored
-        (unless ``stored`` is). ``broadcast`` (own positions) goes to every peer; with relay,
-        each of ``relayed`` (a change received from a connection) goes to every relaying peer
-        but the one it came from and its owner. Only changes are sent, so relaying stops by
-        itself.
+        (unless ``stored`` is given). ``broadcast`` (own positions) goes to every peer; with
+        relay, each of ``relayed`` (a change received from a connection) goes to every
+        relaying peer but the one it came from and its owner. Only changes are sent, so
+        relaying stops by itself.
         """
         assert self._publish_lock.locked()
-        if not changes and not bases:
+        changes = batch.changes
+        if not changes and not batch.bases:
             return
         # The clock is implied by what is stored (every timestamp issued or learnt is in a
         # journal entry, a base or an own position): no clock write per commit.
         self._store.commit(
-            changes if stored is None else stored, None, journal or (), bases or (), trade_ids
+            changes if batch.stored is None else batch.stored,
+            None,
+            batch.journal,
+            batch.bases,
+            batch.trade_ids,
         )
         if self._store_failures:
             logger.warning(
@@ -721,12 +736,10 @@ class Engine:
             self._store_error_at = -_STORE_ERROR_EVERY
         if not changes:
             return
-        if broadcast or relayed:
-            self.sent += self._links.publish(broadcast, relayed or ())
-        if rows is None:
-            rows = "".join([ROW_LINE % p for p in changes])
-        self._out.write(rows)
-        latest = changes if stored is None else stored
+        if batch.broadcast or batch.relayed:
+            self.sent += self._links.publish(batch.broadcast, batch.relayed)
+        self._out.write(format_rows(changes) if batch.rows is None else batch.rows)
+        latest = changes if batch.stored is None else batch.stored
         for subscriber in self._subscribers:
             subscriber.deliver(changes if subscriber.every_change else latest)
 

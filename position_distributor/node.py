@@ -34,6 +34,7 @@ from .types import (
     MAX_SYMBOL_LENGTH,
     MAX_TRADE_ID_LENGTH,
     Position,
+    format_rows,
     valid_strategy,
     valid_symbol,
     valid_trade_id,
@@ -370,7 +371,7 @@ class Node:
         logger.info("store {} holds {} position(s)", store.path, len(stored))
         if self._peer is not None:
             self._say_how_peers_are_checked(self._secrets, self._peer.port)
-        self.output.write("".join(p.row() + "\n" for p in stored))
+        self.output.write(format_rows(stored))
         links.start()
         self._engine.start()
         if config.snapshot_at is not None:

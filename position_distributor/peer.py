@@ -651,9 +651,9 @@ class Peer:
                 sent += count
         return sent
 
-    def broadcast(self, data: bytes, *, exclude: Connection | None = None) -> int:
-        """Queue ``data`` on every live connection but ``exclude``; return on how many."""
-        return sum(conn.send(data) for conn in self._live_snapshot if conn is not exclude)
+    def broadcast(self, data: bytes) -> int:
+        """Queue ``data`` on every live connection; return on how many."""
+        return sum(conn.send(data) for conn in self._live_snapshot)
 
     def status(self) -> list[PeerStatus]:
         """What ``peers`` shows: configured addresses, then peers that dialled us (or left)."""

@@ -207,10 +207,6 @@ class Protocol:
             self.state = State.CLOSED
             raise
 
-    def fail(self) -> None:
-        """Mark the connection as failed (closed) from outside."""
-        self.state = State.CLOSED
-
     # Rules: one method per (state, message) pair that is allowed.
 
     def _on_hello(self, hello: Message) -> Event | None:

@@ -23,7 +23,7 @@ from typing import NoReturn
 
 from .helpformat import HelpFormatter
 from .store import SnapshotInfo
-from .types import Position, format_row
+from .types import Position, format_rows
 
 __all__ = ["SnapshotReader", "main"]
 
@@ -201,7 +201,7 @@ def _run(args: argparse.Namespace, reader: SnapshotReader, parser: argparse.Argu
     positions = reader.positions(args.id)
     if args.command == "show":
         sys.stdout.write(f"Snapshot {info.id} {info.label!r} {format_time(info.taken_at_ns)}\n")
-        sys.stdout.write("".join(format_row(p) + "\n" for p in positions))
+        sys.stdout.write(format_rows(positions))
         return 0
     if args.csv is not None and args.output is not None:
         parser.error("give --csv FILE or --output FILE, not both")

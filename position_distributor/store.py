@@ -346,7 +346,7 @@ class Store:
         self,
         positions: Iterable[Position],
         clock: int | None,
-        journal: Iterable[tuple[int, str, float, float, int, str]] = (),
+        journal: Iterable[JournalEntry] = (),
         bases: Iterable[Position] = (),
         trade_ids: Iterable[tuple[str, int]] | None = None,
     ) -> None:

@@ -15,6 +15,7 @@ __all__ = [
     "SYMBOL_CHARS",
     "Position",
     "format_row",
+    "format_rows",
     "invalid_position_reason",
     "valid_strategy",
     "valid_symbol",
@@ -55,8 +56,14 @@ ROW_LINE = "%s | %s | %.6f | %d\n"
 
 
 def format_row(position: Position) -> str:
-    """Format a position as the original program printed it."""
-    return f"{position[0]} | {position[1]} | {position[2]:.6f} | {position[3]}"
+    """Format a position as the original program printed it (without a newline)."""
+    return format_rows([position])[:-1]
+
+
+def format_rows(positions: list[Position]) -> str:
+    """The rows of ``positions``, each ended by a newline, for one write: the one place a
+    row is formatted."""
+    return "".join([ROW_LINE % p for p in positions])
 
 
 def valid_symbol(symbol: str) -> bool:

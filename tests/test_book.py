@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from position_distributor.book import Book, merge
+from position_distributor.book import Book, Refused, merge
+from position_distributor.clock import Clock
 from position_distributor.types import Position
 
 
@@ -231,3 +232,75 @@ def test_exposure_does_not_depend_on_arrival_order(
     for symbol, total in a.exposure().items():
         parts = [p.net_position for p in a if p.symbol == symbol]
         assert total == pytest.approx(sum(parts), rel=1e-9, abs=1e-9 * max(map(abs, parts)))
+
+
+# The owner's own trades: Book.trade_many with a Clock.
+
+own_trades = st.lists(
+    st.tuples(
+        st.sampled_from(["AAPL", "MSFT", "7203", "EUR/USD"]),
+        st.one_of(
+            st.floats(allow_nan=False, allow_infinity=False, min_value=-1e6, max_value=1e6),
+            st.sampled_from([1e308, -1e308, 1.0, -1.0]),
+        ).filter(lambda q: q != 0),
+    ),
+    max_size=40,
+)
+
+
+class SteppingClock(Clock):
+    """A clock over a wall clock that a test steps back and forth."""
+
+    def __init__(self, walls: list[int], last: int = 0) -> None:
+        self._walls = iter(walls)
+        super().__init__(last, now_ns=lambda: next(self._walls, 0))
+
+
+@given(own_trades, st.lists(st.integers(0, 10**6), max_size=40), st.integers(1, 4))
+def test_own_trades_add_up_in_order_with_strictly_increasing_stamps(
+    trades: list[tuple[str, float]], walls: list[int], max_symbols: int
+) -> None:
+    """Each applied trade's position is the symbol's previous net plus its quantity, stamped
+    after everything before it (whatever the wall clock does); a refused one changes
+    nothing; the book ends with each symbol's last applied position."""
+    book = Book([Position("alpha", "AAPL", 5.0, 7)])
+    clock = SteppingClock(walls, last=7)
+    expected: dict[str, float] = {"AAPL": 5.0}
+    last = 7
+    results = book.trade_many("alpha", trades, clock, max_symbols)
+    assert len(results) == len(trades)
+    for (symbol, quantity), result in zip(trades, results, strict=True):
+        if symbol not in expected and len(expected) >= max_symbols:
+            assert result is Refused.MAX_SYMBOLS
+            continue
+        net = expected.get(symbol, 0.0) + quantity + 0.0
+        if not math.isfinite(net):
+            assert result is Refused.OVERFLOW
+            continue
+        assert isinstance(result, Position)
+        assert result[:3] == ("alpha", symbol, net)
+        assert result.timestamp > last
+        last = result.timestamp
+        expected[symbol] = net
+    assert {p.symbol: p.net_position for p in book.of_strategy("alpha")} == expected
+    assert clock.last == last
+    assert all(spelled(p) == spelled(p._replace(net_position=p.net_position + 0.0)) for p in book)
+
+
+@given(own_trades)
+def test_put_back_undoes_a_batch_of_own_trades(trades: list[tuple[str, float]]) -> None:
+    """Putting a batch's symbols back to what was committed before it gives the book as it
+    was: the undo of a batch the store could not commit."""
+    before = [Position("alpha", "AAPL", 5.0, 7), Position("beta", "AAPL", 1.0, 3)]
+    book = Book(before)
+    committed = {(p.strategy, p.symbol): p for p in before}
+    book.trade_many("alpha", trades, Clock(7), max_symbols=3)
+    book.put_back([("alpha", symbol) for symbol, _ in trades], committed)
+    assert printed(book) == printed(Book(before))
+
+
+def test_a_trade_to_zero_stores_zero_not_minus_zero() -> None:
+    """An own trade that brings a position to zero stores 0.0, never -0.0."""
+    book = Book([Position("alpha", "AAPL", -1.0, 1)])
+    (result,) = book.trade_many("alpha", [("AAPL", 1.0)], Clock(1), 10)
+    assert spelled(result) == spelled(Position("alpha", "AAPL", 0.0, result.timestamp))

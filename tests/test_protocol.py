@@ -202,15 +202,6 @@ def test_after_a_refusal_feeding_more_is_a_local_error() -> None:
         protocol.receive_data(encode(Hello(PEER)))
 
 
-def test_fail_closes() -> None:
-    """``fail()`` marks the connection closed from outside."""
-    protocol = at(State.LIVE)
-    protocol.fail()
-    assert protocol.state is State.CLOSED
-    with pytest.raises(LocalProtocolError):
-        protocol.receive_data(b"")
-
-
 BARE = pb.SymbolPos(
     strategy_name=PEER, symbol="AAPL", net_position=100.0, timestamp=1742308549773254000
 ).SerializeToString()
