@@ -26,7 +26,7 @@ from .peer import Limits
 from .protocol import MAX_PEER_HEARTBEAT_MS
 from .riskview import HttpSettings
 from .snapshots import format_time
-from .types import format_rows
+from .types import MAX_PORT, format_rows
 from .wire import DEFAULT_MAX_FRAME_SIZE
 
 __all__ = ["main", "parse_args"]
@@ -65,8 +65,8 @@ _DIGITS = re.compile(r"[0-9]{1,5}")
 
 
 def _port_number(text: str) -> int | None:
-    """``text`` as a port number if it is 1-5 ASCII digits of at most 65535, else None."""
-    if _DIGITS.fullmatch(text) is None or int(text) > 65535:
+    """``text`` as a port number if it is 1-5 ASCII digits of at most MAX_PORT, else None."""
+    if _DIGITS.fullmatch(text) is None or int(text) > MAX_PORT:
         return None
     return int(text)
 
@@ -74,7 +74,9 @@ def _port_number(text: str) -> int | None:
 def _port(text: str) -> int:
     port = _port_number(text)
     if port is None:
-        raise argparse.ArgumentTypeError(f"invalid port {text!r}: expected 1-65535 (0: any free)")
+        raise argparse.ArgumentTypeError(
+            f"invalid port {text!r}: expected 1-{MAX_PORT} (0: any free)"
+        )
     return port
 
 
@@ -98,9 +100,9 @@ def _address(text: str) -> tuple[str, int]:
             f"invalid peer address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:12345"
         )
     port = _port_number(port_text) or 0
-    if not 1 <= port <= 65535:
+    if not 1 <= port <= MAX_PORT:
         raise argparse.ArgumentTypeError(
-            f"invalid port in peer address {text!r}: expected HOST:PORT with a port of 1-65535"
+            f"invalid port in peer address {text!r}: expected HOST:PORT with a port of 1-{MAX_PORT}"
         )
     return host, port
 

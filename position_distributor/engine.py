@@ -48,6 +48,7 @@ __all__ = [
 
 DEFAULT_MAX_SYMBOLS: Final = 200_000  # per strategy: bounds what a peer can make us hold
 _MAX_BATCH: Final = 8192  # trades or messages per batch: bounds a transaction and a write
+_MAX_QUEUED: Final = 64  # items waiting in each consumer's queue (a read of stdin or a socket)
 _STORE_ERROR_EVERY: Final = 60.0  # seconds between ERROR lines while the store keeps failing
 _REFUSED_SHOWN: Final = 5  # trades named in the error line of a refused batch
 # An own position sent back stamped further ahead of this machine's clock than this was
@@ -141,7 +142,7 @@ class Engine:
         recovery_timeout: float = 5.0,
         recovery_grace: float = 0.5,
         relay: bool = False,
-        max_queue: int = 64,
+        max_queue: int = _MAX_QUEUED,
         max_symbols: int = DEFAULT_MAX_SYMBOLS,
         on_fatal: Callable[[str], None] | None = None,
     ) -> None:
@@ -193,7 +194,7 @@ class Engine:
             "consume-positions",
             self._apply_positions,
             size=_message_count,
-            maxsize=64,
+            maxsize=_MAX_QUEUED,
             max_batch=_MAX_BATCH,
             on_error=self._fail,
         )

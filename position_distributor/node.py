@@ -31,6 +31,7 @@ from .riskview.settings import HttpError, HttpSettings
 from .store import JournalEntry, SnapshotInfo, Store, StoreError
 from .transport import TlsError, make_tls_contexts
 from .types import (
+    MAX_PORT,
     MAX_SYMBOL_LENGTH,
     MAX_TRADE_ID_LENGTH,
     Position,
@@ -98,8 +99,8 @@ class Config:
             raise NodeError(
                 f"invalid strategy name {self.name!r}: use 1-64 of letters, digits, '.', '_', '-'"
             )
-        if not 0 <= self.port <= 65535:
-            raise NodeError(f"invalid port {self.port}: expected 0-65535")
+        if not 0 <= self.port <= MAX_PORT:
+            raise NodeError(f"invalid port {self.port}: expected 0-{MAX_PORT}")
         if self.recovery_timeout < 0:
             raise NodeError("recovery timeout must not be negative")
         if self.http is not None:

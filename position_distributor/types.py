@@ -7,6 +7,7 @@ import re
 from typing import NamedTuple
 
 __all__ = [
+    "MAX_PORT",
     "MAX_STRATEGY_LENGTH",
     "MAX_SYMBOL_LENGTH",
     "MAX_TIMESTAMP",
@@ -22,6 +23,7 @@ __all__ = [
     "valid_trade_id",
 ]
 
+MAX_PORT = 65535
 MAX_SYMBOL_LENGTH = 32
 MAX_STRATEGY_LENGTH = 64
 MAX_TRADE_ID_LENGTH = 64
