@@ -27,7 +27,8 @@ def test_a_store_lost_after_the_clock_ran_ahead_recovers_the_base_plus_the_trade
 ) -> None:
     """alpha traded AAPL 300 with its clock 2 h ahead; its store was lost; with a normal clock
     it started without its peer and traded AAPL 1; when the peer came back with 300, both
-    nodes show 301 (with or without --recover), and the journal's +1 is kept."""
+    nodes show 301 (with or without --recover), and the journal's +1 is kept; a symbol it
+    did not trade since (TSLA) comes back as it was."""
     beta = cluster.add("beta", recovery_timeout=0)
     alpha = cluster.add("alpha", peers=[beta.port], recovery_timeout=0, start=False)
     alpha.start()
@@ -36,8 +37,10 @@ def test_a_store_lost_after_the_clock_ran_ahead_recovers_the_base_plus_the_trade
     alpha.stop()
     set_clock_ahead(alpha.data_dir, "alpha")
     alpha.start()
-    alpha.type("AAPL 300")
-    cluster.wait_for_view({("alpha", "MSFT"): 1.0, ("alpha", "AAPL"): 300.0}, [alpha, beta])
+    alpha.type("AAPL 300", "TSLA 7")
+    cluster.wait_for_view(
+        {("alpha", "MSFT"): 1.0, ("alpha", "AAPL"): 300.0, ("alpha", "TSLA"): 7.0}, [alpha, beta]
+    )
     assert alpha.view[("alpha", "AAPL")][1] > time.time_ns() + AHEAD_NS / 2
     beta.stop()
     alpha.kill()
@@ -53,7 +56,8 @@ def test_a_store_lost_after_the_clock_ran_ahead_recovers_the_base_plus_the_trade
     alpha.wait_for_view({("alpha", "AAPL"): 1.0})
 
     beta.start()
-    expected = {("alpha", "MSFT"): 1.0, ("alpha", "AAPL"): 301.0}
+    # TSLA, stamped in the future and not traded since: recovered as it was.
+    expected = {("alpha", "MSFT"): 1.0, ("alpha", "AAPL"): 301.0, ("alpha", "TSLA"): 7.0}
     cluster.wait_for_view(expected, [alpha, beta])
     assert not alpha.log_lines("refused AAPL")
     history = alpha.command_output("history AAPL", "History AAPL")
