@@ -34,6 +34,7 @@ check: lint $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks.riskview
 
 # The generated parts of docs/cli.md (the --help texts); tests/test_docs.py fails when stale.
 docs: $(STAMP)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import ipaddress
 import os
 import re
@@ -685,6 +686,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KeyboardInterrupt, _Stop):
         node.stop()  # a signal while starting: stop what started
         return 0
+    # What the start made (modules, the stored view) lives as long as the process: keep it out
+    # of the garbage collector's full collections, which then scan only what came after.
+    gc.freeze()
     try:
         if not args.no_console:
             # The console reads in its own thread: the main thread only waits, so a signal

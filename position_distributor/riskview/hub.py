@@ -143,7 +143,7 @@ class Hub:
         read_book: Callable[[], list[Position]],
         *,
         max_pending: int = 20_000,
-        interval: float = 0.05,
+        interval: float = 0.1,
     ) -> None:
         self.interval = interval
         self._queue = queue

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["RiskView"]
 
 PING_INTERVAL: Final = 5.0  # seconds between keep-alive events on an idle stream
-MIN_SEND_INTERVAL: Final = 0.05  # seconds: a stream sends at most 20 times a second
+MIN_SEND_INTERVAL: Final = 0.1  # seconds: a stream sends at most ten times a second
 WRITE_TIMEOUT: Final = 10.0  # seconds a write to a stream may take before it is closed
 STATUS_INTERVAL: Final = 1.0  # seconds between looks at the peers and the node's state
 MAX_BATCHES: Final = 4096  # engine batches waiting for the hub before it resyncs instead
