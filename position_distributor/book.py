@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 from .clock import Clock
 from .types import Position
@@ -78,11 +79,12 @@ class Book:
     def trade_many(
         self,
         strategy: str,
-        trades: Iterable[tuple[str, float]],
+        trades: Iterable[Sequence[Any]],
         clock: Clock,
         max_symbols: int,
     ) -> list[Position | Refused]:
-        """Apply the owner's own trades, in order: each adds its quantity to ``strategy``'s
+        """Apply the owner's own trades, in order: each (its symbol, its quantity, and anything
+        after them, ignored) adds its quantity to ``strategy``'s
         position in its symbol, stamped ``clock.next()``. Returns, for each trade, the
         position it produced, or why it was refused (a result that is not finite, or a new
         symbol once the strategy holds ``max_symbols``), which changes nothing.
@@ -95,7 +97,9 @@ class Book:
         new = tuple.__new__  # Position(...) without NamedTuple's slower __new__
         results: list[Position | Refused] = []
         append = results.append
-        for symbol, quantity in trades:
+        for trade in trades:
+            symbol = trade[0]
+            quantity = trade[1]
             current = own.get(symbol)
             if current is not None:
                 net = current[2] + quantity + 0.0  # + 0.0: never -0.0

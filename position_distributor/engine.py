@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from itertools import repeat
 from typing import IO, Any, Final, NamedTuple
 
 from loguru import logger
@@ -343,8 +344,10 @@ class Engine:
         ``_refuse_batch``).
         """
         name = self.name
-        orders: list[tuple[str, float]] = []  # the trades for the book, in order
-        waiting: list[tuple[Future[Any] | None, str | None]] = []  # each order's future, ID
+        orders: list[_Trade] = []  # the trades for the book, in order
+        # Each order's (future, trade ID), or None; no list while no order has either (a
+        # burst typed at the console), so that the common case carries nothing per trade.
+        waiting: list[tuple[Future[Any] | None, str | None] | None] | None = None
         repeats: list[tuple[int, _Trade]] = []  # an ID used again in this batch: its first
         futures: list[tuple[Future[Any], Position | TradeError | None]] = []
         now_ns = time.time_ns()
@@ -370,42 +373,53 @@ class Engine:
                             repeats.append((first[trade_id], trade))
                             continue
                         first[trade_id] = len(orders)
-                    orders.append((symbol, quantity))
-                    waiting.append((future, trade_id))
+                    if waiting is None and (future is not None or trade_id is not None):
+                        waiting = [None] * len(orders)  # from now on, one per order
+                    orders.append(trade)  # the book reads its symbol and quantity
+                    if waiting is not None:
+                        waiting.append((future, trade_id) if future or trade_id else None)
             with self._book_lock:
                 results = self._book.trade_many(name, orders, self._clock, self._max_symbols)
             journal: list[JournalEntry] = []
             latest: dict[str, Position] = {}
             trade_ids: list[tuple[str, int]] = []
             new = tuple.__new__  # JournalEntry(...) without NamedTuple's slower __new__
-            for (symbol, quantity), (future, trade_id), result in zip(
-                orders, waiting, results, strict=True
+            for trade, result, extra in zip(
+                orders, results, repeat(None) if waiting is None else waiting, strict=False
             ):
+                symbol = trade[0]
+                quantity = trade[1]
                 if type(result) is not Position:
+                    future = None if extra is None else extra[0]
                     self._refuse(future, futures, self._refusal(result, symbol, quantity))
                     continue
                 latest[symbol] = result
                 journal.append(
                     new(JournalEntry, (now_ns, symbol, quantity, result[2], result[3], "trade"))
                 )
-                if future is not None:
-                    futures.append((future, result))
-                if trade_id is not None:
-                    trade_ids.append((trade_id, result[3]))
+                if extra is not None:
+                    future, trade_id = extra
+                    if future is not None:
+                        futures.append((future, result))
+                    if trade_id is not None:
+                        trade_ids.append((trade_id, result[3]))
             applied = [result for result in results if type(result) is Position]
             for index, trade in repeats:
                 result = results[index]
                 self._replayed(
                     trade,
-                    (*orders[index], *result[2:]) if type(result) is Position else None,
+                    (*orders[index][:2], *result[2:]) if type(result) is Position else None,
                     futures,
                 )
             # Trades applied per submission, with when it was submitted (the stats).
-            ends = [start for _, start in submissions[1:]] + [len(results)]
-            counts = [
-                (arrived, sum(type(r) is Position for r in results[start:end]))
-                for (arrived, start), end in zip(submissions, ends, strict=True)
-            ]
+            if len(submissions) == 1:
+                counts = [(submissions[0][0], len(applied))]
+            else:
+                ends = [start for _, start in submissions[1:]] + [len(results)]
+                counts = [
+                    (arrived, sum(type(r) is Position for r in results[start:end]))
+                    for (arrived, start), end in zip(submissions, ends, strict=True)
+                ]
             stored = list(latest.values())
             try:
                 self._publish(
