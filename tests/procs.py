@@ -8,6 +8,7 @@ and CPU.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
 import shutil
@@ -38,7 +39,9 @@ __all__ = [
     "parse_row",
     "position_payload",
     "proc_status_kib",
+    "run_as_user",
     "run_cli",
+    "without_root_powers",
 ]
 
 ROW_SEPARATOR = " | "
@@ -67,6 +70,32 @@ def parse_row(line: str) -> tuple[str, str, float, int] | None:
         return strategy, symbol, float(net), int(ts)
     except ValueError:
         return None
+
+
+# Capabilities that let root read and write where the permission bits say no
+# (linux/capability.h), and prctl's operation that drops one from the bounding set.
+_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH, _CAP_FOWNER = 1, 2, 3
+_PR_CAPBSET_DROP = 24
+
+
+def without_root_powers() -> None:
+    """In a child before exec: drop the capabilities that let root ignore permission bits,
+    so the program obeys them as any user's process does (tests run as root)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH, _CAP_FOWNER):
+        if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def run_as_user(code: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+    """Run Python ``code`` in a child that obeys file permissions even when we are root."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=without_root_powers if os.geteuid() == 0 else None,
+    )
 
 
 def run_cli(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import signal
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .procs import Cluster, NodeProcess, free_port, parse_row, run_cli
+from .procs import Cluster, NodeProcess, free_port, parse_row, run_cli, without_root_powers
 
 PROG = "position-distributor"
 A, B = "strategy_1", "strategy_2"
@@ -74,17 +73,8 @@ def test_bad_strategy_name_is_refused(tmp_path: Path, name: str) -> None:
     assert_start_refused(run_cli(name, "0", "--data-dir", str(tmp_path)), mentions="strategy")
 
 
-def _without_dac_override() -> None:
-    """In the child: drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, so root obeys modes."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_capbset_drop, cap_dac_override, cap_dac_read_search = 24, 1, 2
-    for cap in (cap_dac_override, cap_dac_read_search):
-        if libc.prctl(pr_capbset_drop, cap, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
-
-
 # Root writes anywhere: drop its override so that a directory's mode binds it too.
-AS_USER: Callable[[], None] | None = _without_dac_override if os.geteuid() == 0 else None
+AS_USER: Callable[[], None] | None = without_root_powers if os.geteuid() == 0 else None
 
 
 def _read_only_dir(tmp_path: Path) -> Path:

@@ -5,7 +5,6 @@ trades again by itself once the fault is gone."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
 import sqlite3
@@ -20,7 +19,7 @@ from position_distributor.engine import TradeNotStored
 from position_distributor.node import Config, Node
 
 from .inproc import FAST_LIMITS, Rows
-from .procs import Cluster, run_cli
+from .procs import Cluster, run_cli, without_root_powers
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
@@ -208,20 +207,6 @@ def test_a_data_dir_removed_under_a_running_node_is_noticed(cluster: Cluster) ->
     assert node.alive
 
 
-# Capabilities that let root write where the permission bits say no (linux/capability.h).
-_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH, _CAP_FOWNER = 1, 2, 3
-_PR_CAPBSET_DROP = 24
-
-
-def _without_root_powers() -> None:
-    """In the child before exec: drop the capabilities that let root ignore permission bits,
-    so the node obeys them as any user's process does (tests run as root)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH, _CAP_FOWNER):
-        if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
-
-
 def make_read_only(data: Path) -> None:
     for path in data.iterdir():
         path.chmod(0o444)
@@ -233,7 +218,7 @@ def can_write(directory: Path) -> bool:
     probe = subprocess.run(
         [sys.executable, "-c", f"open({str(directory / 'probe')!r}, 'w')"],
         capture_output=True,
-        preexec_fn=_without_root_powers,
+        preexec_fn=without_root_powers,
     )
     return probe.returncode == 0
 
@@ -251,7 +236,7 @@ def test_a_data_dir_the_node_may_not_write_is_refused_at_start_with_one_line(
     make_read_only(data)
     assert not can_write(data)
     result = run_cli(
-        "alpha", "0", "--data-dir", str(data), input="AAPL 1\n", preexec_fn=_without_root_powers
+        "alpha", "0", "--data-dir", str(data), input="AAPL 1\n", preexec_fn=without_root_powers
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -265,7 +250,7 @@ def test_a_running_node_keeps_storing_through_a_chmod_and_its_restart_is_refused
     """A node (without root's powers) whose data dir is made read-only while it runs keeps
     storing through the files it holds open; its restart is refused with one line."""
     node = cluster.add("alpha", recovery_timeout=0, start=False)
-    node.preexec_fn = _without_root_powers
+    node.preexec_fn = without_root_powers
     node.start()
     node.type("AAPL 1")
     node.wait_for_view({("alpha", "AAPL"): 1.0})
@@ -275,9 +260,7 @@ def test_a_running_node_keeps_storing_through_a_chmod_and_its_restart_is_refused
     node.wait_for_view({("alpha", "AAPL"): 2.0})
     assert node.stop() == 0
     assert stored(node.data_dir / "alpha.sqlite3") == {("alpha", "AAPL"): 2.0}
-    result = run_cli(
-        "alpha", "0", "--data-dir", str(node.data_dir), preexec_fn=_without_root_powers
-    )
+    result = run_cli("alpha", "0", "--data-dir", str(node.data_dir), preexec_fn=without_root_powers)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 

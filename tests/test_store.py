@@ -13,6 +13,8 @@ import pytest
 from position_distributor.store import SCHEMA_VERSION, JournalEntry, Store, StoreError
 from position_distributor.types import Position
 
+from .procs import run_as_user
+
 AAPL = Position("alpha", "AAPL", 100.0, 1_742_308_549_773_254_000)
 MSFT = Position("alpha", "MSFT", -5.5, 1_742_308_549_773_254_001)
 THEIRS = Position("beta", "7203", 42.0, 1_742_308_549_000_000_000)
@@ -295,31 +297,37 @@ def test_a_data_dir_where_the_lock_cannot_be_written_gives_a_store_error(tmp_pat
         Store(tmp_path, "alpha")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through file permissions")
+def open_store_as_user(data_dir: Path) -> str:
+    """Open a Store on ``data_dir`` in a child that obeys file permissions (tests run as
+    root); the StoreError's message it printed, or '' if the store opened."""
+    result = run_as_user(
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from position_distributor.store import Store, StoreError\n"
+        "try:\n"
+        f"    Store(Path({str(data_dir)!r}), 'alpha').close()\n"
+        "except StoreError as exc:\n"
+        "    print(exc)\n"
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
 def test_a_read_only_store_file_is_refused_when_opened(tmp_path: Path) -> None:
     """A store file that cannot be written fails at open, not at the first trade."""
     Store(tmp_path, "alpha").close()
+    assert open_store_as_user(tmp_path) == ""  # the child can open a writable store
     for path in tmp_path.glob("alpha.sqlite3*"):
         path.chmod(0o444)
-    try:
-        with pytest.raises(StoreError, match=r"cannot use store .*alpha\.sqlite3"):
-            Store(tmp_path, "alpha")
-    finally:
-        for path in tmp_path.glob("alpha.sqlite3*"):
-            path.chmod(0o644)
+    assert re.search(r"cannot use store .*alpha\.sqlite3", open_store_as_user(tmp_path))
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through file permissions")
 def test_a_read_only_data_dir_gives_a_clear_store_error(tmp_path: Path) -> None:
     """A data dir without write permission raises StoreError saying permission is denied."""
     data_dir = tmp_path / "ro"
     data_dir.mkdir()
     data_dir.chmod(0o555)
-    try:
-        with pytest.raises(
-            StoreError,
-            match=rf"(?i)cannot write to data dir {re.escape(str(data_dir))}: permission",
-        ):
-            Store(data_dir, "alpha")
-    finally:
-        data_dir.chmod(0o755)
+    message = open_store_as_user(data_dir)
+    assert re.search(
+        rf"(?i)cannot write to data dir {re.escape(str(data_dir))}: permission", message
+    ), message
