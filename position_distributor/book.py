@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 import math
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+import struct
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Final
 
 from .clock import Clock
 from .types import Position
 
-__all__ = ["Book", "Refused", "merge"]
+__all__ = ["DIGEST_SIZE", "Book", "Refused", "entry_hash", "merge"]
 
 
 class Refused(enum.Enum):
@@ -18,6 +20,24 @@ class Refused(enum.Enum):
 
     OVERFLOW = "the position would not be a finite number"
     MAX_SYMBOLS = "a new symbol beyond the strategy's maximum"
+
+
+DIGEST_SIZE: Final = 16  # bytes of a strategy's digest
+_PACK = struct.Struct("<dq").pack
+_BLAKE2B = hashlib.blake2b
+
+
+def entry_hash(position: Position | None) -> int:
+    """A 128-bit hash of one position's symbol, net position and timestamp (0 for none).
+
+    A strategy's digest is the XOR of its positions' hashes: kept up to date in O(1) per
+    change, and equal on two nodes exactly when they hold the same positions (but for a
+    2^-128 chance). The strategy is not hashed: each digest covers one strategy.
+    """
+    if position is None:
+        return 0
+    data = position[1].encode() + _PACK(position[2], position[3])
+    return int.from_bytes(_BLAKE2B(data, digest_size=DIGEST_SIZE).digest(), "little")
 
 
 def _key(position: Position) -> tuple[int, float]:
@@ -51,6 +71,8 @@ class Book:
     def __init__(self, positions: Iterable[Position] = ()) -> None:
         # strategy -> symbol -> position, so one strategy's positions are one lookup away.
         self._by_strategy: dict[str, dict[str, Position]] = {}
+        # strategy -> XOR of entry_hash() of its positions (see digest()).
+        self._xor: dict[str, int] = {}
         for position in positions:
             self.apply(position)
 
@@ -73,7 +95,9 @@ class Book:
             timestamp < current[3] or (timestamp == current[3] and net <= current[2])
         ):
             return False  # (timestamp, net) <= the current entry's
-        symbols[symbol] = position if net != 0.0 else _one_zero(position)
+        stored = symbols[symbol] = position if net != 0.0 else _one_zero(position)
+        xor = self._xor
+        xor[strategy] = xor.get(strategy, 0) ^ entry_hash(current) ^ entry_hash(stored)
         return True
 
     def trade_many(
@@ -97,6 +121,7 @@ class Book:
         new = tuple.__new__  # Position(...) without NamedTuple's slower __new__
         results: list[Position | Refused] = []
         append = results.append
+        previous: dict[str, Position | None] = {}  # each changed symbol's entry before
         for trade in trades:
             symbol = trade[0]
             quantity = trade[1]
@@ -111,13 +136,52 @@ class Book:
             if net - net != 0.0:  # inf or nan: not finite
                 append(Refused.OVERFLOW)
                 continue
+            if symbol not in previous:
+                previous[symbol] = current
             own[symbol] = position = new(Position, (strategy, symbol, net, stamp()))
             append(position)
+        self.rehash(strategy, previous)  # the digest: two hashes per symbol changed
         return results
+
+    def replace(self, position: Position) -> bool:
+        """Set the entry to ``position`` whatever the current one (the owner's word, in a
+        repair); return whether it changed anything."""
+        position = _one_zero(position)
+        symbols = self.symbols(position.strategy)
+        current = symbols.get(position.symbol)
+        if current == position:
+            return False
+        symbols[position.symbol] = position
+        self.rehash(position.strategy, {position.symbol: current})
+        return True
+
+    def discard(self, strategy: str, symbol: str) -> Position | None:
+        """Remove the entry for ``(strategy, symbol)``; return it, if there was one."""
+        symbols = self._by_strategy.get(strategy)
+        current = None if symbols is None else symbols.pop(symbol, None)
+        if current is not None:
+            self._xor[strategy] = self._xor.get(strategy, 0) ^ entry_hash(current)
+        return current
+
+    def rehash(self, strategy: str, previous: Mapping[str, Position | None]) -> None:
+        """Bring the digest of ``strategy`` up to date after its entries for the symbols of
+        ``previous`` were changed through ``symbols()``: ``previous`` holds what each one was
+        before the change (None: absent)."""
+        symbols = self._by_strategy.get(strategy, {})
+        xor = self._xor.get(strategy, 0)
+        for symbol, old in previous.items():
+            xor ^= entry_hash(old) ^ entry_hash(symbols.get(symbol))
+        self._xor[strategy] = xor
+
+    def digest(self, strategy: str) -> tuple[int, bytes]:
+        """How many positions of ``strategy`` are held, and the XOR of their hashes."""
+        count = len(self._by_strategy.get(strategy, ()))
+        return count, self._xor.get(strategy, 0).to_bytes(DIGEST_SIZE, "little")
 
     def symbols(self, strategy: str) -> dict[str, Position]:
         """The live map symbol -> position of ``strategy`` (created empty if new): whoever
-        writes to it must only ever replace an entry by a greater one, and never store -0.0.
+        writes to it must only ever replace an entry by a greater one, never store -0.0, and
+        then call ``rehash`` with what the changed entries were before.
         """
         symbols = self._by_strategy.get(strategy)
         if symbols is None:
@@ -134,10 +198,12 @@ class Book:
             strategy, symbol = key
             position = committed.get(key)
             symbols = self._by_strategy.get(strategy)
+            before = None if symbols is None else symbols.get(symbol)
             if position is not None:
                 self.symbols(strategy)[symbol] = _one_zero(position)
             elif symbols is not None:
                 symbols.pop(symbol, None)
+            self.rehash(strategy, {symbol: before})
 
     def get(self, strategy: str, symbol: str) -> Position | None:
         """The current entry for ``(strategy, symbol)``, if any."""

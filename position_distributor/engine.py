@@ -19,6 +19,7 @@ once the fault is fixed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -36,7 +37,7 @@ from .links import Link, LinkTransport
 from .stats import Stats
 from .store import JournalEntry, SnapshotInfo, Store, StoreError
 from .types import Position, format_rows
-from .wire import SyncDone
+from .wire import Digest, Repair, RepairRequest, SyncDone
 
 __all__ = [
     "DEFAULT_MAX_SYMBOLS",
@@ -55,6 +56,14 @@ _REFUSED_SHOWN: Final = 5  # trades named in the error line of a refused batch
 # An own position sent back stamped further ahead of this machine's clock than this was
 # stamped by a clock that ran ahead (in this node's past), not by a live node: see _learn_own.
 _MAX_CLOCK_SKEW_NS: Final = 60 * 10**9
+_CLOSED: Final = object()  # put on the positions queue after a connection's last message
+_SHOWN: Final = 5  # repaired positions named in the log line of a repair
+# What to do about an own position a peer sent back that this node did not write.
+_NOT_OURS: Final = (
+    "if a second node runs this strategy's name (an ERROR 'two nodes claim' on a peer),"
+    " stop that node and do not use --recover here; if this store was restored from an older"
+    " copy, restart with --recover"
+)
 
 
 class TradeError(Exception):
@@ -121,6 +130,17 @@ class _Publication:
     trade_ids: list[tuple[str, int]] = dataclasses.field(default_factory=list)
 
 
+class _Repairing:
+    """A repair under way on one connection: what its owner sent so far."""
+
+    __slots__ = ("kept", "newest", "symbols")
+
+    def __init__(self) -> None:
+        self.symbols: set[str] = set()
+        self.newest = 0  # the greatest timestamp among them
+        self.kept: list[Position] = []  # our copies newer than the owner's, kept
+
+
 class _Trade(NamedTuple):
     symbol: str  # "" for a barrier (see Engine.barrier)
     quantity: float
@@ -146,6 +166,7 @@ class Engine:
         max_queue: int = _MAX_QUEUED,
         max_symbols: int = DEFAULT_MAX_SYMBOLS,
         on_fatal: Callable[[str], None] | None = None,
+        digest_interval: float = 2.0,
     ) -> None:
         self.name = name
         self._on_fatal = on_fatal
@@ -166,10 +187,13 @@ class Engine:
         self._book_lock = threading.Lock()
         self._book = Book(positions)
         self._clock = Clock(last_ts)
+        self._check_journal()
         # Own positions from before this store (see _learn_own): symbol -> base timestamp.
         # Read and written under both the book lock and the publish lock.
         self._bases = store.bases()
         self._lineage = store.lineage  # see Store.lineage and _learn_own
+        created = store.created_at_ns
+        self._created_at_ns = math.inf if created is None else created
         # Mutex ordering the applies and what follows each: store commit, broadcast, rows,
         # subscribers; protects _subscribers, _bases and the store. Lock order: publish, then
         # book (see _apply_trades, _apply_positions).
@@ -208,10 +232,23 @@ class Engine:
         self._synced_cond = threading.Condition()
         self._synced: set[str] = set()
         self._first_sync_at: float | None = None
+        # Anti-entropy: every digest_interval, the digest of our own positions goes to every
+        # peer that understands it, after every change it covers (see _send_digest).
+        self._digest_interval = digest_interval
+        self._digest_stop = threading.Event()
+        self._digest_thread = threading.Thread(
+            target=self._send_digests, name="anti-entropy", daemon=True
+        )
+        # Read and written by the positions consumer only: the repairs under way (connection
+        # -> the symbols its owner sent so far), and when each strategy was last asked for one.
+        self._repairs: dict[Link, _Repairing] = {}
+        self._asked: dict[str, float] = {}
+        self._repaired: set[str] = set()  # strategies repaired since we last asked
         dispatcher.subscribe(Event.ACCEPTED, self._send_sync)
         dispatcher.subscribe(Event.CONNECTED, self._send_sync)
         dispatcher.subscribe(Event.MESSAGE, self._on_message)
         dispatcher.subscribe(Event.IDENTIFIED, self._on_identified)
+        dispatcher.subscribe(Event.CLOSED, self._on_closed)
 
     # Lifecycle.
 
@@ -219,6 +256,8 @@ class Engine:
         """Start the two consumer threads (the trade consumer first waits for recovery)."""
         self._trades.start(before=self._await_recovery if self.recovering else None)
         self._positions.start()
+        if self._digest_interval > 0:
+            self._digest_thread.start()
 
     def _fail(self, what: str) -> None:
         """A consumer failed (a bug): a node that cannot apply changes must not pretend to run."""
@@ -239,6 +278,9 @@ class Engine:
     def stop(self) -> None:
         """Stop both consumers (after applying what is queued). Idempotent."""
         self.stop_trades()
+        self._digest_stop.set()
+        if self._digest_thread.ident is not None:
+            self._digest_thread.join()
         self._positions.close()
         with self._publish_lock:
             subscribers, self._subscribers = self._subscribers, ()
@@ -330,6 +372,9 @@ class Engine:
 
     def _on_message(self, link: Link, messages: list[Any]) -> None:
         self._positions.put((link, messages))  # dropped once the node is stopping
+
+    def _on_closed(self, link: Link, reason: str) -> None:
+        self._positions.put((link, [_CLOSED]))  # forget a repair left unfinished
 
     # Consumer threads.
 
@@ -573,13 +618,23 @@ class Engine:
         journal: list[JournalEntry] = []
         synced: list[str] = []
         max_symbols = self._max_symbols
+        repairs = self._repairs
+        mismatched: list[tuple[Link, Digest]] = []  # digests unlike our copy
+        asked: list[Link] = []  # peers that asked for our positions
+        repaired: list[tuple[Position | None, Position]] = []  # (before, after)
+        removed: list[Position] = []  # copies of symbols their owner does not hold
+        kept: list[tuple[str, list[Position]]] = []  # copies newer than their owner's
         with self._publish_lock:
             with self._book_lock:
                 apply = book.apply
                 count = book.count
                 for link, messages in batch:
+                    repairing = repairs.get(link) if repairs else None
                     for message in messages:
                         if type(message) is Position:
+                            if repairing is not None and message.strategy == link.name:
+                                self._repair_one(message, repairing, changes, repaired)
+                                continue
                             if message.strategy != name:
                                 if count(message.strategy) >= max_symbols and self._over_cap(
                                     message
@@ -596,6 +651,22 @@ class Engine:
                                 own_changes.append(position)
                         elif type(message) is SyncDone and link.name is not None:
                             synced.append(link.name)
+                        elif type(message) is Digest and link.name is not None:
+                            if book.digest(link.name) != (message.count, message.hash):
+                                mismatched.append((link, message))
+                        elif type(message) is RepairRequest:
+                            asked.append(link)
+                        elif type(message) is Repair and link.name is not None:
+                            if not message.done:
+                                repairing = repairs[link] = _Repairing()
+                            elif repairing is not None:
+                                del repairs[link]
+                                self._repaired.add(link.name)
+                                self._end_repair(link.name, repairing, removed, kept)
+                                repairing = None
+                        elif message is _CLOSED:
+                            repairs.pop(link, None)
+                            repairing = None
             try:
                 # Own positions learnt back are broadcast: a peer may have missed them too.
                 self._publish(
@@ -608,14 +679,24 @@ class Engine:
                     )
                 )
                 self.stats.peer_changes += len(changes)
+                if removed:
+                    self._store.remove(removed[0].strategy, [p.symbol for p in removed])
             except StoreError as exc:
-                self._put_back([(p.strategy, p.symbol) for p in changes])
+                self._put_back([(p.strategy, p.symbol) for p in changes + removed])
                 self._store_failed(exc, f"{len(changes)} position(s) from peers")
                 for link in {link for link, _ in batch}:
                     link.close("its positions could not be stored; its next sync sends them again")
                 return
         if synced:
             self._note_synced(synced)
+        if repaired or removed:
+            self._say_repaired(repaired, removed)
+        for owner, newer in kept:
+            self._say_kept(owner, newer)
+        for link, digest in mismatched:
+            self._ask_repair(link, digest)
+        for link in asked:
+            self._send_repair(link)
 
     def _over_cap(self, position: Position) -> bool:
         """Whether ``position`` is a new symbol of a strategy already at the symbol cap
@@ -671,13 +752,26 @@ class Engine:
             # so it comes from this node's past, when its clock ran ahead (then its store was
             # lost), and the timestamps cannot say which came first.
             logger.error(
-                "refused {} {} @ {} sent back as ours: newer than this node's own {} @ {};"
-                " if this store was restored from an older copy, restart with --recover",
+                "refused {} {} @ {} sent back as ours: newer than this node's own {} @ {}; {}",
                 symbol,
                 echo.net_position,
                 echo.timestamp,
                 current.net_position,
                 current.timestamp,
+                _NOT_OURS,
+            )
+            return None
+        if current is None and not self.recovering and echo.timestamp >= self._created_at_ns:
+            # A symbol this store never held, stamped after the store was made: not a base
+            # from before a lost store, so some other node wrote it (or a store was edited).
+            logger.error(
+                "refused {} {} @ {} sent back as ours: this node never held {}, and it is"
+                " stamped after this store was created; {}",
+                symbol,
+                echo.net_position,
+                echo.timestamp,
+                symbol,
+                _NOT_OURS,
             )
             return None
         if self._book.count(self.name) >= self._max_symbols and self._over_cap(echo):
@@ -757,6 +851,168 @@ class Engine:
         latest = changes if batch.stored is None else batch.stored
         for subscriber in self._subscribers:
             subscriber.deliver(changes if subscriber.every_change else latest)
+
+    # Anti-entropy.
+
+    def _check_journal(self) -> None:
+        """At start: each own position must be what the journal (or a base) records; where it
+        is not (a bad disk, a hand edit), say so and take the record's value."""
+        fixed = []
+        for stored, record in self._store.disagreements(self.name):
+            if record is None:
+                logger.error(
+                    "{}: the store holds {} @ {} for this node's own strategy, but its journal"
+                    " has no entry for the symbol; kept as it is",
+                    stored.symbol,
+                    stored.net_position,
+                    stored.timestamp,
+                )
+                continue
+            net, timestamp = record
+            logger.error(
+                "{}: the store holds {} @ {} for this node's own strategy, but its journal"
+                " says {} @ {}: the journal wins",
+                stored.symbol,
+                stored.net_position,
+                stored.timestamp,
+                net,
+                timestamp,
+            )
+            fixed.append(Position(self.name, stored.symbol, net + 0.0, timestamp))
+        if fixed:
+            for position in fixed:
+                self._book.replace(position)
+            self._store.commit(fixed, None)
+
+    def _repair_one(
+        self,
+        position: Position,
+        repairing: _Repairing,
+        changes: list[Position],
+        repaired: list[tuple[Position | None, Position]],
+    ) -> None:
+        """A position from its owner, in a repair: it beats any copy that is not newer than
+        it (a copy newer than the owner's own is kept: the owner's store may be older than
+        what it wrote, see _learn_own). Caller holds the book lock."""
+        repairing.symbols.add(position.symbol)
+        repairing.newest = max(repairing.newest, position.timestamp)
+        before = self._book.get(position.strategy, position.symbol)
+        if before is not None and before.timestamp > position.timestamp:
+            repairing.kept.append(before)
+        elif self._book.replace(position):
+            changes.append(position)
+            repaired.append((before, position))
+
+    def _end_repair(
+        self,
+        owner: str,
+        repairing: _Repairing,
+        removed: list[Position],
+        kept: list[tuple[str, list[Position]]],
+    ) -> None:
+        """The owner sent all its positions: drop our copies of symbols it did not send,
+        unless newer than its newest (kept, as above). Caller holds the book lock."""
+        held = self._book.symbols(owner)
+        for symbol in set(held) - repairing.symbols:
+            if held[symbol].timestamp > repairing.newest:
+                repairing.kept.append(held[symbol])
+            elif (gone := self._book.discard(owner, symbol)) is not None:
+                removed.append(gone)
+        if repairing.kept:
+            kept.append((owner, repairing.kept))
+
+    def _send_digests(self) -> None:
+        """Anti-entropy thread: the digest of our own positions to every peer, periodically."""
+        try:
+            while not self._digest_stop.wait(self._digest_interval):
+                self._send_digest()
+        except Exception:  # a safety net: this branch should never run
+            logger.opt(exception=True).error("anti-entropy thread failed")
+
+    def _send_digest(self) -> None:
+        """Send the digest of our own positions to every link (each sends it only if the
+        other end compares them). Under the publish lock, after every change it covers, so a
+        peer compares like with like, under load as when idle."""
+        links = self._links.links()
+        if not links:
+            return
+        with self._publish_lock:
+            with self._book_lock:
+                count, digest = self._book.digest(self.name)
+            for link in links:
+                link.send_digest(count, digest)
+
+    def _ask_repair(self, link: Link, digest: Digest) -> None:
+        """Our copy of ``link``'s positions differs from its digest: ask it for all of them
+        (at most once per two digest intervals per strategy, so a repair in flight is not
+        asked for again)."""
+        name = link.name
+        assert name is not None
+        now = time.monotonic()
+        if now - self._asked.get(name, -math.inf) < 2 * self._digest_interval:
+            return
+        self._asked[name] = now
+        with self._book_lock:
+            count, ours = self._book.digest(name)
+        logger.warning(
+            "our copy of {}'s positions ({} here) differs from its own ({} there): asking it"
+            " for them",
+            name,
+            count,
+            digest.count,
+        )
+        link.ask_repair(count, ours)
+
+    def _send_repair(self, link: Link) -> None:
+        """A peer's copy of our positions differs from ours: send it every one (it takes them
+        as they are, and drops what we do not hold). Under the publish lock, so no live update
+        falls inside or overtakes it."""
+        with self._publish_lock:
+            with self._book_lock:
+                own = self._book.of_strategy(self.name)
+            link.send_repair(own)
+        logger.info(
+            "{} asked for our positions (its copy differs): sent all {}", link.name, len(own)
+        )
+
+    @staticmethod
+    def _say_repaired(
+        repaired: list[tuple[Position | None, Position]], removed: list[Position]
+    ) -> None:
+        owner = (repaired[0][1] if repaired else removed[0]).strategy
+        shown = [
+            f"{after.symbol} {'-' if before is None else before.net_position} @"
+            f" {'-' if before is None else before.timestamp} -> {after.net_position} @"
+            f" {after.timestamp}"
+            for before, after in repaired[:_SHOWN]
+        ]
+        shown += [f"{p.symbol} {p.net_position} @ {p.timestamp} dropped" for p in removed[:_SHOWN]]
+        logger.warning(
+            "repaired our copy of {}'s positions from {} itself: {} changed, {} dropped ({}{})",
+            owner,
+            owner,
+            len(repaired),
+            len(removed),
+            "; ".join(shown),
+            "; ..." if len(repaired) > _SHOWN or len(removed) > _SHOWN else "",
+        )
+
+    def _say_kept(self, owner: str, newer: list[Position]) -> None:
+        """After a repair, we still hold copies newer than their owner's own: say so, once a
+        minute at most (the owner refuses them as its own and says what to do), and ask it
+        for no repair for a minute (our digests will differ until then)."""
+        self._asked[owner] = time.monotonic() + 60.0 - 2 * self._digest_interval
+        shown = "; ".join(f"{p.symbol} {p.net_position} @ {p.timestamp}" for p in newer[:_SHOWN])
+        logger.warning(
+            "kept {} position(s) of {} newer than {}'s own ({}{}): its store may be older than"
+            " what it wrote, or another node runs its name; {}'s log says which",
+            len(newer),
+            owner,
+            owner,
+            shown,
+            "; ..." if len(newer) > _SHOWN else "",
+            owner,
+        )
 
     # Recovery window.
 

@@ -8,7 +8,8 @@ A transport fires its events through the ``EventDispatcher`` (``dispatcher.py``)
 - ``ACCEPTED`` / ``CONNECTED`` (link): the link is up; the engine answers with
   ``link.send_sync(...)``;
 - ``MESSAGE`` (link, messages): positions and ``SyncDone`` received, in order; a ``SyncDone``
-  from the link named in ``configured()`` ends the recovery wait;
+  from the link named in ``configured()`` ends the recovery wait; over the mesh also the
+  anti-entropy messages (``Digest``, ``RepairRequest``, ``Repair``);
 - ``CLOSED`` (link, reason), ``IDENTIFIED`` (address, strategy).
 
 (``transport.py`` holds something else: the byte transports under one TCP connection.)
@@ -56,6 +57,24 @@ class Link(Protocol):
     def close(self, reason: str) -> None:
         """Drop what this link sent lately and have it sent again: a connection is closed
         (its redial resyncs), a bucket is read again. ``reason`` goes to the log."""
+        ...
+
+    # Anti-entropy (see protocol.md): a link whose other end does not compare digests (a
+    # peer of the first release, a bucket) does nothing.
+
+    def send_digest(self, count: int, digest: bytes) -> None:
+        """Send the digest of our own positions (``Book.digest``). Called under the engine's
+        publish lock, so that it follows every change it covers."""
+        ...
+
+    def ask_repair(self, count: int, digest: bytes) -> None:
+        """Ask the other end, the owner of ``name``, for all its positions: our copy of them
+        (``count``, ``digest``) differs from its digest."""
+        ...
+
+    def send_repair(self, own: list[Position]) -> None:
+        """Send every one of our own positions, for the other end to take as they are.
+        Called under the engine's publish lock."""
         ...
 
 

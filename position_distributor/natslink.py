@@ -108,6 +108,17 @@ class _Bucket:
         """What the bucket sent could not be used: read the bucket again."""
         self._owner.read_again(reason)
 
+    # No digests over NATS: the bucket holds the owner's values (docs/nats.md).
+
+    def send_digest(self, count: int, digest: bytes) -> None:
+        pass
+
+    def ask_repair(self, count: int, digest: bytes) -> None:
+        pass
+
+    def send_repair(self, own: list[Position]) -> None:
+        pass
+
     def __repr__(self) -> str:
         return f"<Bucket {self.name}>"
 

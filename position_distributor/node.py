@@ -84,6 +84,7 @@ class Config:
     nats: NatsSettings | None = None  # travel through a NATS JetStream bucket, not a mesh
     http: HttpSettings | None = None  # the risk view's web server (--http)
     limits_file: Path | None = None  # exposure limits, symbol,limit per line (--limits)
+    digest_interval: float = 2.0  # seconds between digests of own positions sent to peers
 
     @property
     def tls(self) -> bool:
@@ -417,6 +418,7 @@ class Node:
                 relay=config.relay,
                 max_symbols=config.max_symbols,
                 on_fatal=self._on_fatal,
+                digest_interval=config.digest_interval,
             )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read store {store.path}: {exc}") from exc

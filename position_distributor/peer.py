@@ -33,11 +33,24 @@ from loguru import logger
 
 from .dispatcher import Event, EventDispatcher
 from .links import Link, PeerStatus
-from .protocol import Protocol, Ready, RemoteProtocolError
+from .protocol import Protocol, Ready, RemoteProtocolError, bye_reason
 from .throttle import Throttle
 from .transport import TlsTransport, Transport
 from .types import Position
-from .wire import DEFAULT_MAX_FRAME_SIZE, Heartbeat, SyncDone, encode, encode_position
+from .wire import (
+    BYE_DUPLICATE,
+    DEFAULT_MAX_FRAME_SIZE,
+    FEATURE_BYE,
+    FEATURE_DIGEST,
+    Bye,
+    Digest,
+    Heartbeat,
+    Repair,
+    RepairRequest,
+    SyncDone,
+    encode,
+    encode_position,
+)
 
 __all__ = ["Connection", "Limits", "Peer", "PeerStatus"]
 
@@ -47,6 +60,11 @@ _SYNC_SLICE: Final = 2048  # positions encoded and queued at a time by a sync
 _STOP: Final = None  # writer sentinel: send what is queued before it, then shut down
 _DUPLICATE: Final = "already connected to"
 _REPLACED: Final = "replaced by"
+_SECOND_NODE: Final = "another node named"  # a second process claims a connected strategy
+_BYE: Final = "closed by the peer: "
+# A connection heard from within this many of its peer's heartbeat intervals is alive: a
+# second process claiming its strategy is a duplicate, not the same node restarted.
+_ALIVE_HEARTBEATS: Final = 3
 _IDLE_HEARTBEATS: Final = 5  # a peer silent for this many of its heartbeat intervals is dead
 _REFUSAL_LOG_INTERVAL: Final = 60.0  # seconds before the same refusal is logged again
 
@@ -107,8 +125,11 @@ class Connection:
             heartbeat_ms=round(peer.limits.heartbeat_interval * 1000),
             secrets=peer.secrets,
             dialler=connector is not None,
+            instance=peer.instance,
         )
         self.ready = False  # handshake complete and registered as the live connection
+        self.bye: Bye | None = None  # the peer's reason for closing, if it sent one
+        self.synced_out = False  # our sync is queued in full (set by the engine)
         self.last_heard = time.monotonic()
         self._tokens = float(peer.limits.max_peer_burst)  # the rate guard's bucket
         # Direct writes bypass the writer, so not with TLS (whose records the writer orders).
@@ -187,6 +208,7 @@ class Connection:
             if not self.send(b"".join(map(encode_position, chunk)), bounded=False):
                 return  # closed meanwhile
         self.send(encode(SyncDone(len(positions))), bounded=False)
+        self.synced_out = True  # digests may follow
         logger.debug(
             "sent {} own, {} relayed and {} echoed positions to {}",
             len(own),
@@ -194,6 +216,42 @@ class Connection:
             len(echo),
             self.name,
         )
+
+    def send_digest(self, count: int, digest: bytes) -> None:
+        """Send the digest of our own positions, if the peer compares them (its Hello has the
+        digest feature) and has had our sync. Called under the engine's publish lock, so it
+        follows every change it covers."""
+        if self.synced_out and self.protocol.peer_understands(FEATURE_DIGEST):
+            self.send(encode(Digest(count, digest)))
+
+    def ask_repair(self, count: int, digest: bytes) -> None:
+        """Ask the peer for all its positions: our copy (``count``, ``digest``) differs."""
+        if self.protocol.peer_understands(FEATURE_DIGEST):
+            self.send(encode(RepairRequest(count, digest)), bounded=False)
+
+    def send_repair(self, own: list[Position]) -> None:
+        """Send the peer every one of our positions, bracketed by ``Repair``: it takes them as
+        they are. Called under the engine's publish lock, so no live update falls inside."""
+        if not self.protocol.peer_understands(FEATURE_DIGEST):
+            return
+        self.send(encode(Repair(False)), bounded=False)
+        for start in range(0, len(own), _SYNC_SLICE):
+            chunk = own[start : start + _SYNC_SLICE]
+            if not self.send(b"".join(map(encode_position, chunk)), bounded=False):
+                return
+        self.send(encode(Repair(True, len(own))), bounded=False)
+
+    def alive_for(self) -> float:
+        """How long this connection may stay silent and still count as alive: a few of the
+        peer's heartbeat intervals (ours if it gave none)."""
+        hello = self.protocol.peer
+        interval = hello.heartbeat_ms / 1000 if hello and hello.heartbeat_ms else 0.0
+        return _ALIVE_HEARTBEATS * (interval or self._peer.limits.heartbeat_interval)
+
+    def say_bye(self, reason: str, code: int = 0) -> None:
+        """Tell the peer why this side closes, if its Hello says it understands a Bye."""
+        if self.protocol.peer_understands(FEATURE_BYE):
+            self.send(encode(Bye(reason, code)), bounded=False)
 
     def __repr__(self) -> str:
         direction = "dialled" if self.outbound else "accepted"
@@ -350,6 +408,12 @@ class Connection:
                     # Our Hello (if we accepted) and Auth proof, before anything after them.
                     self.send(out, bounded=False)
                     self._spoke = True
+                bye = next((event for event in events if type(event) is Bye), None)
+                if bye is not None:
+                    # The peer says why it closes: nothing it sent with it counts.
+                    self.bye = bye
+                    reason = _BYE + bye_reason(bye)
+                    break
                 for event in events:
                     if type(event) is Ready:
                         connector = self.connector
@@ -360,12 +424,19 @@ class Connection:
                         refusal = peer._register(self)
                         if refusal is not None:
                             # Flushed, so the other side reads our Hello and learns who we are.
-                            self.close(refusal, flush=True)
-                            reason = refusal
+                            why, tell, code = refusal
+                            if tell:
+                                self.say_bye(tell, code)
+                            self.close(why, flush=True)
+                            reason = why
                             return reason
                         self.ready = True
                         sock.settimeout(self._idle_timeout())
-                        logger.info(
+                        connector = self.connector
+                        logger.log(
+                            "DEBUG"
+                            if connector is not None and connector.refused_as_duplicate
+                            else "INFO",
                             "connected to {} at {} ({})",
                             self.name,
                             self.listen_address,
@@ -379,9 +450,12 @@ class Connection:
         except RemoteProtocolError as exc:
             reason = f"protocol error: {exc}"
             # What we have to say (our Hello, our Auth proof) still goes out, so the peer can
-            # tell for itself what went wrong; nothing else is said to it.
+            # tell for itself what went wrong; and why we close, when that tells a stranger
+            # nothing (see RemoteProtocolError.tell) and the peer understands a Bye.
             if out := protocol.data_to_send():
                 self.send(out, bounded=False)
+            if exc.tell:
+                self.say_bye(exc.tell)
             self.close(reason, flush=True)
         except OSError as exc:
             reason = _describe(exc)
@@ -416,6 +490,10 @@ class Connection:
         if self.ready:
             # Routine ends (stopping, a connection replaced) are INFO; a loss is a WARNING.
             level = "INFO" if peer.stopping or final.startswith(_REPLACED) else "WARNING"
+            connector = self.connector
+            if self.bye is not None and connector is not None:
+                # A refusal with a reason: said once by the connector, not at every redial.
+                level = "DEBUG"
             logger.log(level, "connection with {} at {} closed: {}", who, self.label, final)
             peer.dispatcher.fire(Event.CLOSED, self, final)
         elif not peer.stopping and not self.outbound:
@@ -425,7 +503,8 @@ class Connection:
             # line saying how many like it went unsaid; the rest at DEBUG.
             level = "INFO" if final.startswith(_DUPLICATE) else "WARNING"
             key = (self.address[0], who, final) if claimed else (self.address[0], None, None)
-            unsaid = peer.refusals.admit(key)
+            # A second node of a connected name was already named in an ERROR (throttled).
+            unsaid = None if final.startswith(_SECOND_NODE) else peer.refusals.admit(key)
             if unsaid is None:
                 logger.debug("connection from {} at {} refused: {}", who, self.label, final)
             else:
@@ -498,6 +577,8 @@ class _Connector:
         self.port = port
         self.strategy: str | None = None  # learnt from the first Hello received there
         self.state = "not yet dialled"
+        self.refused = False  # the last attempt ended with the peer's Bye (a refusal)
+        self.refused_as_duplicate = False  # ... saying another node has this name
         self.conn: Connection | None = None
         self.thread: threading.Thread | None = None
 
@@ -528,6 +609,8 @@ class Peer:
         self.relay = relay
         self.secrets = secrets  # the cluster secrets: the first proves, all are accepted
         self.tls = tls  # (server, client) contexts for mutual TLS
+        # Random per start: a peer tells this process from another claiming the same name.
+        self.instance = os.urandom(8)
         self.bind = bind
         self.port = port
         self._connectors = [_Connector(host, p) for host, p in peers]
@@ -544,6 +627,8 @@ class Peer:
         # Inbound refusals: said once per interval per (host, who, reason), or per host for
         # unidentified peers; see Connection._finish.
         self.refusals = Throttle(_REFUSAL_LOG_INTERVAL)
+        # Second nodes claiming a connected strategy: (strategy, address) once per interval.
+        self.duplicates = Throttle(_REFUSAL_LOG_INTERVAL)
         # Peers that dialled us and left: strategy -> (address, state), for status().
         self._departed: dict[str, tuple[str, str]] = {}
         # Snapshot of _live's values, replaced (never mutated) under the lock, read without it.
@@ -696,49 +781,100 @@ class Peer:
             self._all.add(conn)
             return True
 
-    def _register(self, conn: Connection) -> str | None:
-        """Make ``conn`` the live connection of its strategy; return why not, if refused.
+    def _register(self, conn: Connection) -> tuple[str, str, int] | None:
+        """Make ``conn`` the live connection of its strategy; if refused, return why (for
+        our log), what to tell the peer (if anything) and the ``Bye`` code.
 
-        One live connection per strategy. A newer connection in the same direction replaces
-        the older (a restarted peer redials before its old socket's EOF is read). Between two
-        connections in opposite directions (both nodes dialled), both nodes keep the one
-        dialled by the smaller strategy name.
+        One live connection per strategy. When both Hellos carry an instance id (random per
+        process start) and they differ, ``conn`` comes from another process than the live
+        connection: if that one is alive (heard from within a few of its heartbeats), a
+        second node claims the name, and the one already connected keeps its place; if it
+        is silent (a half-open connection), the node restarted, and ``conn`` replaces it.
+        Otherwise (the same process, or a peer of the first release, which sends no
+        instance): a newer connection in the same direction replaces the older (a restarted
+        peer redials before its old socket's EOF is read), and between two connections in
+        opposite directions (both nodes dialled), both nodes keep the one dialled by the
+        smaller strategy name.
         """
         name = conn.name
-        assert name is not None
-        replaced = None
+        hello = conn.protocol.peer
+        assert name is not None and hello is not None
         with self._lock:
             if self._stopping.is_set():
-                return "node stopping"
+                return "node stopping", "", 0
             old = self._live.get(name)
-            if old is not None and old.outbound != conn.outbound:
-                keep_outbound = self.name < name
-                if conn.outbound != keep_outbound:
-                    dialler = self.name if keep_outbound else name
-                    return f"{_DUPLICATE} {name}; keeping the connection dialled by {dialler}"
+            why = None  # why ``old`` is replaced, if it is
             if old is not None:
-                replaced = old
+                assert old.protocol.peer is not None
+                instance = old.protocol.peer.instance
+                silent = time.monotonic() - old.last_heard
+                if hello.instance and instance and hello.instance != instance:
+                    if not old.closed and silent < old.alive_for():
+                        return self._second_node(conn, old, silent)
+                    why = f"{_REPLACED} {name} restarted (this one silent for {silent:.1f}s)"
+                elif old.outbound != conn.outbound:
+                    keep_outbound = self.name < name
+                    if conn.outbound != keep_outbound:
+                        dialler = self.name if keep_outbound else name
+                        return (
+                            f"{_DUPLICATE} {name}; keeping the connection dialled by {dialler}",
+                            "",
+                            0,
+                        )
+                    why = f"{_REPLACED} the connection dialled by {min(self.name, name)}"
+                elif old.listen_address != conn.listen_address and not old.closed:
+                    # A peer of the first release (no instance id): a restarted peer comes
+                    # back where it listened before; another address, while the first is
+                    # still connected, is a second node with the same name.
+                    self._say_second_node(name, old.listen_address, conn.listen_address)
+                    why = f"{_REPLACED} a connection from another node claiming {name}"
+                else:
+                    why = f"{_REPLACED} a newer connection from {name}"
             self._live[name] = conn
             self._live_snapshot = tuple(self._live.values())
             self._changed.notify_all()
-        if replaced is not None:
-            if replaced.outbound != conn.outbound:
-                why = f"{_REPLACED} the connection dialled by {min(self.name, name)}"
-            elif replaced.listen_address != conn.listen_address and not replaced.closed:
-                # A restarted peer comes back where it listened before; another address,
-                # while the first is still connected, is a second node with the same name.
-                logger.error(
-                    "two nodes claim strategy {}: one at {}, another at {}; they replace each"
-                    " other's connection: give every node its own name",
-                    name,
-                    replaced.listen_address,
-                    conn.listen_address,
-                )
-                why = f"{_REPLACED} a connection from another node claiming {name}"
-            else:
-                why = f"{_REPLACED} a newer connection from {name}"
-            replaced.close(why)
+        if old is not None and why is not None:
+            old.close(why)
         return None
+
+    def _say_second_node(self, name: str, first: str, second: str) -> None:
+        """The ERROR for two first-release nodes of one name (no instance ids): throttled."""
+        unsaid = self.duplicates.admit((name, second))
+        if unsaid is not None:
+            logger.error(
+                "two nodes claim strategy {}: one at {}, another at {}; they replace each"
+                " other's connection: give every node its own name{}",
+                name,
+                first,
+                second,
+                _more(unsaid, self.duplicates.interval),
+            )
+
+    def _second_node(
+        self, conn: Connection, old: Connection, silent: float
+    ) -> tuple[str, str, int]:
+        """Why ``conn`` is refused: another process claims the strategy of the live ``old``,
+        which keeps its place. Said in a throttled ERROR. Caller holds the registry lock."""
+        name = conn.name
+        unsaid = self.duplicates.admit((name, conn.listen_address))
+        if unsaid is not None:
+            logger.error(
+                "two nodes claim strategy {}: the one at {} (connected, heard {:.1f}s ago)"
+                " keeps its place; refused the other at {} ({}): give every node its own"
+                " name, and stop the one that should not run{}",
+                name,
+                old.listen_address,
+                silent,
+                conn.listen_address,
+                "dialled" if conn.outbound else "it dialled",
+                _more(unsaid, self.duplicates.interval),
+            )
+        why = f"{_SECOND_NODE} {name} is already connected, from {old.listen_address}"
+        tell = (
+            f"{self.name} is already connected to another node named {name}, at"
+            f" {old.listen_address}: give every node its own name"
+        )
+        return why, tell, BYE_DUPLICATE
 
     def _unregister(self, conn: Connection, reason: str) -> None:
         with self._lock:
@@ -839,7 +975,25 @@ class Peer:
                     connector.conn = conn
                     reason = conn.run()
                     connector.conn = None
-                    if conn.ready:
+                    refused = conn.bye is not None and not self._stopping.is_set()
+                    connector.refused = conn.bye is not None
+                    connector.refused_as_duplicate = (
+                        conn.bye is not None and conn.bye.code == BYE_DUPLICATE
+                    )
+                    if refused:
+                        # The peer said why it refuses us, even if the handshake completed: no
+                        # quick redial, and said once, not at each attempt (at ERROR for a
+                        # second node of one name: one of the two must not run).
+                        connector.state = f"refused ({reason})"
+                        if reported != reason:
+                            reported = reason
+                            logger.log(
+                                "ERROR" if connector.refused_as_duplicate else "WARNING",
+                                "{} refused this node: {}; will keep trying",
+                                connector.label,
+                                reason,
+                            )
+                    elif conn.ready:
                         backoff = limits.backoff_min
                         reported = ""
                         connector.state = f"disconnected ({reason})"

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0eposition.proto\x12\x14position_distributor\")\n\x05Trade\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x01\"[\n\tSymbolPos\x12\x15\n\rstrategy_name\x18\x01 \x01(\t\x12\x0e\n\x06symbol\x18\x02 \x01(\t\x12\x14\n\x0cnet_position\x18\x03 \x01(\x01\x12\x11\n\ttimestamp\x18\x04 \x01(\x03\"|\n\x05Hello\x12\x10\n\x08strategy\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x13\n\x0blisten_port\x18\x03 \x01(\r\x12\r\n\x05nonce\x18\x04 \x01(\x0c\x12\r\n\x05relay\x18\x05 \x01(\x08\x12\x14\n\x0cheartbeat_ms\x18\x06 \x01(\r\"\x15\n\x04\x41uth\x12\r\n\x05proof\x18\x01 \x01(\x0c\"\x19\n\x08SyncDone\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\"\x0b\n\tHeartbeat\"\x92\x02\n\x08\x45nvelope\x12,\n\x05hello\x18\x05 \x01(\x0b\x32\x1b.position_distributor.HelloH\x00\x12\x33\n\x08position\x18\x06 \x01(\x0b\x32\x1f.position_distributor.SymbolPosH\x00\x12\x33\n\tsync_done\x18\x07 \x01(\x0b\x32\x1e.position_distributor.SyncDoneH\x00\x12\x34\n\theartbeat\x18\x08 \x01(\x0b\x32\x1f.position_distributor.HeartbeatH\x00\x12*\n\x04\x61uth\x18\t \x01(\x0b\x32\x1a.position_distributor.AuthH\x00\x42\x06\n\x04\x62odyJ\x04\x08\x01\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0eposition.proto\x12\x14position_distributor\")\n\x05Trade\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x01\"[\n\tSymbolPos\x12\x15\n\rstrategy_name\x18\x01 \x01(\t\x12\x0e\n\x06symbol\x18\x02 \x01(\t\x12\x14\n\x0cnet_position\x18\x03 \x01(\x01\x12\x11\n\ttimestamp\x18\x04 \x01(\x03\"\xa0\x01\n\x05Hello\x12\x10\n\x08strategy\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x13\n\x0blisten_port\x18\x03 \x01(\r\x12\r\n\x05nonce\x18\x04 \x01(\x0c\x12\r\n\x05relay\x18\x05 \x01(\x08\x12\x14\n\x0cheartbeat_ms\x18\x06 \x01(\r\x12\x10\n\x08instance\x18\x07 \x01(\x0c\x12\x10\n\x08\x66\x65\x61tures\x18\x08 \x01(\r\"\x15\n\x04\x41uth\x12\r\n\x05proof\x18\x01 \x01(\x0c\"\x19\n\x08SyncDone\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\"\x0b\n\tHeartbeat\"%\n\x06\x44igest\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\x0c\n\x04hash\x18\x02 \x01(\x0c\",\n\rRepairRequest\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\x0c\n\x04hash\x18\x02 \x01(\x0c\"%\n\x06Repair\x12\x0c\n\x04\x64one\x18\x01 \x01(\x08\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"#\n\x03\x42ye\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\"\xdb\x03\n\x08\x45nvelope\x12,\n\x05hello\x18\x05 \x01(\x0b\x32\x1b.position_distributor.HelloH\x00\x12\x33\n\x08position\x18\x06 \x01(\x0b\x32\x1f.position_distributor.SymbolPosH\x00\x12\x33\n\tsync_done\x18\x07 \x01(\x0b\x32\x1e.position_distributor.SyncDoneH\x00\x12\x34\n\theartbeat\x18\x08 \x01(\x0b\x32\x1f.position_distributor.HeartbeatH\x00\x12*\n\x04\x61uth\x18\t \x01(\x0b\x32\x1a.position_distributor.AuthH\x00\x12.\n\x06\x64igest\x18\n \x01(\x0b\x32\x1c.position_distributor.DigestH\x00\x12=\n\x0erepair_request\x18\x0b \x01(\x0b\x32#.position_distributor.RepairRequestH\x00\x12.\n\x06repair\x18\x0c \x01(\x0b\x32\x1c.position_distributor.RepairH\x00\x12(\n\x03\x62ye\x18\r \x01(\x0b\x32\x19.position_distributor.ByeH\x00\x42\x06\n\x04\x62odyJ\x04\x08\x01\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,14 +35,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRADE']._serialized_end=81
   _globals['_SYMBOLPOS']._serialized_start=83
   _globals['_SYMBOLPOS']._serialized_end=174
-  _globals['_HELLO']._serialized_start=176
-  _globals['_HELLO']._serialized_end=300
-  _globals['_AUTH']._serialized_start=302
-  _globals['_AUTH']._serialized_end=323
-  _globals['_SYNCDONE']._serialized_start=325
-  _globals['_SYNCDONE']._serialized_end=350
-  _globals['_HEARTBEAT']._serialized_start=352
-  _globals['_HEARTBEAT']._serialized_end=363
-  _globals['_ENVELOPE']._serialized_start=366
-  _globals['_ENVELOPE']._serialized_end=640
+  _globals['_HELLO']._serialized_start=177
+  _globals['_HELLO']._serialized_end=337
+  _globals['_AUTH']._serialized_start=339
+  _globals['_AUTH']._serialized_end=360
+  _globals['_SYNCDONE']._serialized_start=362
+  _globals['_SYNCDONE']._serialized_end=387
+  _globals['_HEARTBEAT']._serialized_start=389
+  _globals['_HEARTBEAT']._serialized_end=400
+  _globals['_DIGEST']._serialized_start=402
+  _globals['_DIGEST']._serialized_end=439
+  _globals['_REPAIRREQUEST']._serialized_start=441
+  _globals['_REPAIRREQUEST']._serialized_end=485
+  _globals['_REPAIR']._serialized_start=487
+  _globals['_REPAIR']._serialized_end=524
+  _globals['_BYE']._serialized_start=526
+  _globals['_BYE']._serialized_end=561
+  _globals['_ENVELOPE']._serialized_start=564
+  _globals['_ENVELOPE']._serialized_end=1039
 # @@protoc_insertion_point(module_scope)

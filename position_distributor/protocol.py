@@ -41,12 +41,17 @@ from .types import (
 )
 from .wire import (
     DEFAULT_MAX_FRAME_SIZE,
+    FEATURES,
     PROTOCOL_VERSION,
     Auth,
+    Bye,
     Decoder,
+    Digest,
     Heartbeat,
     Hello,
     Message,
+    Repair,
+    RepairRequest,
     SyncDone,
     WireError,
     encode,
@@ -75,7 +80,15 @@ MAX_PEER_HEARTBEAT_MS: Final = 60_000
 
 
 class RemoteProtocolError(Exception):
-    """The peer broke the protocol: close that connection and log the reason once."""
+    """The peer broke the protocol: close that connection and log the reason once.
+
+    ``tell``, when given, is what the peer may be told of it (in a ``Bye``): only for a peer
+    whose Hello passed the checks that keep strangers out, and only what it cannot abuse.
+    """
+
+    def __init__(self, message: str, *, tell: str | None = None) -> None:
+        super().__init__(message)
+        self.tell = tell
 
 
 class LocalProtocolError(Exception):
@@ -96,7 +109,15 @@ class Ready(NamedTuple):
     hello: Hello
 
 
-Event = Ready | Position | SyncDone
+Event = Ready | Position | SyncDone | Digest | RepairRequest | Repair | Bye
+
+_MAX_BYE_REASON = 300  # characters of a peer's Bye reason that are logged
+
+
+def bye_reason(bye: Bye) -> str:
+    """A peer's Bye reason, fit for one log line: printable ASCII, at most 300 characters."""
+    text = "".join(c if " " <= c <= "~" else "?" for c in bye.reason[:_MAX_BYE_REASON])
+    return text or "no reason given"
 
 
 class Protocol:
@@ -119,8 +140,12 @@ class Protocol:
         heartbeat_ms: int = 0,
         secrets: list[bytes] | None = None,
         dialler: bool = True,
+        instance: bytes = b"",
+        features: int = FEATURES,
     ) -> None:
         self.own = own
+        self.instance = instance
+        self.features = features
         self.dialler = dialler
         self.listen_port = listen_port
         self.relay = relay
@@ -128,6 +153,8 @@ class Protocol:
         self.secrets = secrets
         self.certified_names: frozenset[str] | None = None
         self.claimed: str | None = None  # the name in the peer's Hello, even if refused
+        self.claimed_features = 0  # the features in the peer's Hello, even if refused
+        self.repairing = False  # between the peer's Repair{done=false} and Repair{done=true}
         self.state = State.HELLO
         self.peer: Hello | None = None
         self._nonce = auth.new_nonce() if secrets else b""
@@ -139,6 +166,10 @@ class Protocol:
     def peer_name(self) -> str | None:
         """The strategy the peer said it runs, once its Hello has been accepted."""
         return None if self.peer is None else self.peer.strategy
+
+    def peer_understands(self, feature: int) -> bool:
+        """Whether the peer's Hello says it understands ``feature`` (a ``FEATURE_*`` bit)."""
+        return bool(self.claimed_features & feature)
 
     @property
     def peer_relays(self) -> bool:
@@ -155,6 +186,8 @@ class Protocol:
                 nonce=self._nonce,
                 relay=self.relay,
                 heartbeat_ms=self.heartbeat_ms,
+                instance=self.instance,
+                features=self.features,
             )
         )
 
@@ -212,6 +245,7 @@ class Protocol:
     def _on_hello(self, hello: Message) -> Event | None:
         assert isinstance(hello, Hello)
         self.claimed = hello.strategy[:80]  # for the log, before any check
+        self.claimed_features = hello.features
         if not self.dialler:
             # Our answer, queued before any check: the dialler has committed its nonce, and a
             # peer we refuse can then tell for itself why (our Hello says what we require).
@@ -219,27 +253,33 @@ class Protocol:
         if hello.protocol_version != PROTOCOL_VERSION:
             raise RemoteProtocolError(
                 f"peer speaks protocol version {hello.protocol_version},"
-                f" this node speaks {PROTOCOL_VERSION}"
+                f" this node speaks {PROTOCOL_VERSION}",
+                tell=f"{self.own} speaks protocol version {PROTOCOL_VERSION} only",
             )
         if not valid_strategy(hello.strategy):
             raise RemoteProtocolError(f"invalid strategy name {hello.strategy[:80]!r} in Hello")
         if hello.strategy == self.own:
             raise RemoteProtocolError(
                 f"peer claims this node's own strategy {self.own!r}"
-                " (two nodes started with one name, or a node dialling itself)"
+                " (two nodes started with one name, or a node dialling itself)",
+                tell=f"this node runs {self.own} too: two nodes started with one name, or a"
+                " node dialling itself",
             )
         if hello.listen_port > 65535:
             raise RemoteProtocolError(f"invalid listen port {hello.listen_port} in Hello")
         if hello.heartbeat_ms > MAX_PEER_HEARTBEAT_MS:
             raise RemoteProtocolError(
                 f"peer asks for a heartbeat interval of {hello.heartbeat_ms / 1000:g}s, above"
-                f" the {MAX_PEER_HEARTBEAT_MS // 1000}s this node allows"
+                f" the {MAX_PEER_HEARTBEAT_MS // 1000}s this node allows",
+                tell=f"{self.own} allows a heartbeat of {MAX_PEER_HEARTBEAT_MS // 1000}s at most",
             )
         names = self.certified_names
         if names is not None and hello.strategy not in names:
+            certified = ", ".join(sorted(names)) or "no name"
             raise RemoteProtocolError(
-                f"peer claims strategy {hello.strategy!r} but its certificate is for"
-                f" {', '.join(sorted(names)) or 'no name'}"
+                f"peer claims strategy {hello.strategy!r} but its certificate is for {certified}",
+                tell=f"{self.own} refuses this node's certificate: it is for {certified},"
+                f" not for the strategy {hello.strategy} in its Hello",
             )
         self.peer = hello
         if not self.secrets:
@@ -330,6 +370,27 @@ class Protocol:
     def _on_heartbeat(self, heartbeat: Message) -> None:
         return None
 
+    def _on_digest(self, digest: Message) -> Event:
+        assert isinstance(digest, Digest)
+        return digest
+
+    def _on_repair_request(self, request: Message) -> Event:
+        assert isinstance(request, RepairRequest)
+        return request
+
+    def _on_repair(self, repair: Message) -> Event:
+        assert isinstance(repair, Repair)
+        if repair.done != self.repairing:
+            raise RemoteProtocolError(
+                "Repair end without its start" if repair.done else "Repair start inside a repair"
+            )
+        self.repairing = not repair.done
+        return repair
+
+    def _on_bye(self, bye: Message) -> Event:
+        assert isinstance(bye, Bye)
+        return bye
+
     def _check_position(self, position: Position) -> None:
         strategy, symbol, net, timestamp = position
         peer = self.peer
@@ -357,6 +418,13 @@ _RULES: dict[tuple[State, type], _Rule] = {
     (State.SYNC, Heartbeat): Protocol._on_heartbeat,
     (State.LIVE, Position): Protocol._on_live_position,
     (State.LIVE, Heartbeat): Protocol._on_heartbeat,
+    (State.LIVE, Digest): Protocol._on_digest,
+    (State.LIVE, RepairRequest): Protocol._on_repair_request,
+    (State.LIVE, Repair): Protocol._on_repair,
+    (State.HELLO, Bye): Protocol._on_bye,
+    (State.AUTH, Bye): Protocol._on_bye,
+    (State.SYNC, Bye): Protocol._on_bye,
+    (State.LIVE, Bye): Protocol._on_bye,
 }
 # The same table by state, for receive_data's loop: message type -> rule.
 _RULES_BY_STATE: dict[State, dict[type, _Rule]] = {

@@ -261,6 +261,7 @@ class Store:
                         # Journal timestamp after which every trade is this store's own: no
                         # position from before it includes them (see lineage).
                         ("lineage", 0),
+                        ("created_at_ns", time.time_ns()),
                     ],
                 )
             elif rows.get("strategy") != self.name:
@@ -289,6 +290,12 @@ class Store:
         """Whether this store has never completed a recovery (new, or created after a loss)."""
         row = self._db.execute("SELECT value FROM meta WHERE key = 'recovered'").fetchone()
         return row is None or not row[0]
+
+    @property
+    def created_at_ns(self) -> int | None:
+        """When this store was created (None for a store made before this was recorded)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'created_at_ns'").fetchone()
+        return None if row is None else int(row[0])
 
     def mark_needs_recovery(self) -> None:
         """Make the next start (this one) recover from peers, as a new store would: for a
@@ -473,6 +480,58 @@ class Store:
             (after, symbol),
         )
         return [quantity for (quantity,) in rows]
+
+    def disagreements(self, strategy: str) -> list[tuple[Position, tuple[float, int] | None]]:
+        """Own positions that no journal entry or base records as they are stored (a changed
+        value or timestamp), each with what the records say it is: (net, timestamp) of the
+        latest journal entry or base of its symbol, or None if there is none.
+
+        One pass over the strategy's positions with a lookup of each in the journal (keyed
+        by timestamp) and the bases: a handful of milliseconds per 10,000 positions.
+        """
+        rows = self._db.execute(
+            "SELECT p.symbol, p.net_position, p.timestamp FROM positions p"
+            " LEFT JOIN journal j ON j.timestamp = p.timestamp"
+            " LEFT JOIN bases b ON b.symbol = p.symbol AND b.timestamp = p.timestamp"
+            " WHERE p.strategy = ?"
+            " AND NOT (j.symbol IS p.symbol AND j.net_position = p.net_position)"
+            " AND NOT (b.net_position IS NOT NULL AND b.net_position = p.net_position)",
+            (strategy,),
+        ).fetchall()
+        found: list[tuple[Position, tuple[float, int] | None]] = []
+        for symbol, net, timestamp in rows:
+            records = [
+                self._db.execute(
+                    "SELECT net_position, timestamp FROM journal WHERE symbol = ?"
+                    " ORDER BY timestamp DESC LIMIT 1",
+                    (symbol,),
+                ).fetchone(),
+                self._db.execute(
+                    "SELECT net_position, timestamp FROM bases WHERE symbol = ?", (symbol,)
+                ).fetchone(),
+            ]
+            latest = max((r for r in records if r is not None), key=lambda r: r[1], default=None)
+            found.append((Position(strategy, symbol, net, timestamp), latest))
+        return found
+
+    def remove(self, strategy: str, symbols: Iterable[str]) -> None:
+        """Delete the positions of ``strategy`` in ``symbols`` (a repair from their owner,
+        which holds none of them), in one transaction."""
+        db = self._db
+        try:
+            db.execute("BEGIN")
+            try:
+                db.executemany(
+                    "DELETE FROM positions WHERE strategy = ? AND symbol = ?",
+                    [(strategy, symbol) for symbol in symbols],
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot store in {self.path}: {exc}") from exc
 
     def bases(self) -> dict[str, int]:
         """Symbol -> timestamp of the base position the journal's trades build on."""

@@ -18,16 +18,24 @@ from . import position_pb2 as pb
 from .types import Position
 
 __all__ = [
+    "BYE_DUPLICATE",
     "DEFAULT_MAX_FRAME_SIZE",
+    "FEATURES",
+    "FEATURE_BYE",
+    "FEATURE_DIGEST",
     "HEADER_SIZE",
     "PROTOCOL_VERSION",
     "Auth",
+    "Bye",
     "Decoder",
+    "Digest",
     "FrameTooLarge",
     "Heartbeat",
     "Hello",
     "MalformedMessage",
     "Message",
+    "Repair",
+    "RepairRequest",
     "SyncDone",
     "WireError",
     "encode",
@@ -41,6 +49,12 @@ __all__ = [
 PROTOCOL_VERSION: Final = 1
 HEADER_SIZE: Final = 4
 DEFAULT_MAX_FRAME_SIZE: Final = 1 << 20  # 1 MiB
+# Bits of Hello.features: what else a node understands. A node sends these messages only to a
+# peer whose Hello has the bit (a node of the first release has none, and ignores the field).
+FEATURE_DIGEST: Final = 1  # Digest, RepairRequest, Repair
+FEATURE_BYE: Final = 2  # Bye
+FEATURES: Final = FEATURE_DIGEST | FEATURE_BYE  # what this release understands
+BYE_DUPLICATE: Final = 1  # Bye.code: another node of the same name is already connected
 
 
 class WireError(Exception):
@@ -64,6 +78,8 @@ class Hello(NamedTuple):
     nonce: bytes = b""
     relay: bool = False
     heartbeat_ms: int = 0
+    instance: bytes = b""  # random per process start (empty from a first-release node)
+    features: int = 0  # FEATURE_* bits
 
 
 class Auth(NamedTuple):
@@ -84,7 +100,39 @@ class Heartbeat:
     """Keeps an idle connection observably alive."""
 
 
-Message = Hello | Auth | SyncDone | Heartbeat | Position
+@dataclass(frozen=True, slots=True)
+class Digest:
+    """The owner's digest of its own positions, after every position it covers."""
+
+    count: int
+    hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RepairRequest:
+    """The receiver's copy of the sender's positions differs from its Digest (the receiver's
+    own digest of them, for the log)."""
+
+    count: int
+    hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Repair:
+    """Starts (``done`` False) or ends a repair: every own position of the sender, between."""
+
+    done: bool
+    count: int = 0
+
+
+class Bye(NamedTuple):
+    """Why the sender closes the connection."""
+
+    reason: str
+    code: int = 0
+
+
+Message = Hello | Auth | SyncDone | Heartbeat | Position | Digest | RepairRequest | Repair | Bye
 
 _HEADER_MAX: Final = 1 << 32
 
@@ -108,12 +156,26 @@ def encode(message: Message) -> bytes:
         envelope.hello.nonce = message.nonce
         envelope.hello.relay = message.relay
         envelope.hello.heartbeat_ms = message.heartbeat_ms
+        envelope.hello.instance = message.instance
+        envelope.hello.features = message.features
     elif isinstance(message, SyncDone):
         envelope.sync_done.count = message.count
     elif isinstance(message, Heartbeat):
         envelope.heartbeat.SetInParent()
     elif isinstance(message, Auth):
         envelope.auth.proof = message.proof
+    elif isinstance(message, Digest):
+        envelope.digest.count = message.count
+        envelope.digest.hash = message.hash
+    elif isinstance(message, RepairRequest):
+        envelope.repair_request.count = message.count
+        envelope.repair_request.hash = message.hash
+    elif isinstance(message, Repair):
+        envelope.repair.done = message.done
+        envelope.repair.count = message.count
+    elif isinstance(message, Bye):
+        envelope.bye.reason = message.reason
+        envelope.bye.code = message.code
     else:  # pragma: no cover - the type checker proves this unreachable
         raise TypeError(f"cannot encode {message!r}")
     return frame(envelope.SerializeToString())
@@ -217,12 +279,27 @@ def parse(payload: bytes) -> Message:
     if kind == "hello":
         h = envelope.hello
         return Hello(
-            h.strategy, h.protocol_version, h.listen_port, h.nonce, h.relay, h.heartbeat_ms
+            h.strategy,
+            h.protocol_version,
+            h.listen_port,
+            h.nonce,
+            h.relay,
+            h.heartbeat_ms,
+            h.instance,
+            h.features,
         )
     if kind == "sync_done":
         return SyncDone(envelope.sync_done.count)
     if kind == "auth":
         return Auth(envelope.auth.proof)
+    if kind == "digest":
+        return Digest(envelope.digest.count, envelope.digest.hash)
+    if kind == "repair_request":
+        return RepairRequest(envelope.repair_request.count, envelope.repair_request.hash)
+    if kind == "repair":
+        return Repair(envelope.repair.done, envelope.repair.count)
+    if kind == "bye":
+        return Bye(envelope.bye.reason, envelope.bye.code)
     if payload:
         raise MalformedMessage(
             f"frame of {len(payload)} bytes carries no known message"

@@ -571,13 +571,13 @@ def test_an_echoed_timestamp_from_the_future_raises_the_clock(
     assert nets_of(node.positions()) == {("alpha", "AAPL"): 5.0, ("alpha", "MSFT"): 1.0}
 
 
-def test_two_nodes_with_one_name_are_named_and_their_positions_do_not_run_away(
+def test_a_second_node_of_one_name_is_refused_and_nothing_runs_away(
     nodes: Nodes, tmp_path: Path
 ) -> None:
-    """Two nodes started with one name, both connected to a third: the third logs an ERROR
-    naming both addresses; the first keeps what it wrote, the second (a new store, so it
-    recovers from peers) may take the first's position as its base once, and nothing grows
-    however many times they replace each other."""
+    """Two nodes started with one name, both dialling a third: the one connected first keeps
+    its place, the second is refused (an ERROR naming both addresses at the third, and its own
+    ERROR saying why), the third never takes the second's position, and neither dup changes
+    the other's positions or journal."""
     hub, _ = nodes.start("hub")
 
     def own(node: Node) -> list[tuple[str, float]]:
@@ -586,16 +586,16 @@ def test_two_nodes_with_one_name_are_named_and_their_positions_do_not_run_away(
     with capture_logs("WARNING") as logs:
         first, _ = nodes.start("dup", peers=(hub.port,), data_dir=tmp_path / "one")
         assert first.trade("AAPL", 10).result(10).net_position == 10.0
+        wait_until(lambda: ("dup", "AAPL", 10.0) in [p[:3] for p in hub.positions()], 10)
         second, _ = nodes.start("dup", peers=(hub.port,), data_dir=tmp_path / "two")
-        # 5, or 15 if its recovery took the first's 10 back as "its" position first.
-        assert second.trade("AAPL", 5).result(10).net_position in (5.0, 15.0)
+        assert second.trade("AAPL", 5).result(10).net_position == 5.0
         logs.wait_for_text("two nodes claim strategy dup", 10)
-        wait_until(lambda: len(logs.lines_with("sent back as ours")) >= 2, 10, "some turns")
-        settled = own(first), own(second)
-        turns = len(logs.lines_with("sent back as ours"))
-        wait_until(lambda: len(logs.lines_with("sent back as ours")) >= turns + 4, 10, "more turns")
-        assert (own(first), own(second)) == settled
-    assert own(first) == [("AAPL", 10.0)]
-    assert own(second) in ([("AAPL", 5.0)], [("AAPL", 15.0)])
-    assert [e.kind for e in first.history("AAPL")] == ["trade"]
-    assert [e.kind for e in second.history("AAPL")].count("rebase") <= 1
+        logs.wait_for_text("refused this node", 10)
+        assert first.trade("AAPL", 1).result(10).net_position == 11.0
+        wait_until(lambda: ("dup", "AAPL", 11.0) in [p[:3] for p in hub.positions()], 10)
+        assert len(logs.lines_with("two nodes claim strategy dup")) == 1
+    assert own(first) == [("AAPL", 11.0)]
+    assert own(second) == [("AAPL", 5.0)]
+    assert [e.kind for e in first.history("AAPL")] == ["trade", "trade"]
+    assert [e.kind for e in second.history("AAPL")] == ["trade"]
+    assert not logs.lines_with("sent back as ours")

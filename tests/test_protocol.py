@@ -30,6 +30,7 @@ from position_distributor.wire import (
     encode,
     encode_position,
     frame,
+    parse,
 )
 
 OWN, PEER, THIRD = "strategy_1", "strategy_2", "strategy_3"
@@ -117,10 +118,19 @@ def refusal(state: State, message: Message) -> str:
 
 
 def test_hello_frame() -> None:
-    """The frame a node sends first is its Hello: strategy, protocol version, listen port."""
-    assert Protocol("strategy_1", listen_port=12345).hello() == (
-        b"\x00\x00\x00\x13\x2a\x11\x0a\x0astrategy_1\x10\x01\x18\xb9\x60"
+    """The frame a node sends first is its Hello: strategy, protocol version, listen port,
+    then (release 2) its instance id and the features it understands."""
+    assert Protocol("strategy_1", listen_port=12345, instance=b"\x01" * 8).hello() == (
+        b"\x00\x00\x00\x1f\x2a\x1d\x0a\x0astrategy_1\x10\x01\x18\xb9\x60"
+        b"\x3a\x08\x01\x01\x01\x01\x01\x01\x01\x01\x40\x03"
     )
+
+
+def test_first_release_hello_frame_is_still_understood() -> None:
+    """A Hello of the first release (no instance, no features) parses with both empty."""
+    hello = parse(b"\x2a\x11\x0a\x0astrategy_1\x10\x01\x18\xb9\x60")
+    assert hello == Hello("strategy_1", 1, 12345)
+    assert isinstance(hello, Hello) and hello.instance == b"" and hello.features == 0
 
 
 def test_handshake_sync_and_live() -> None:

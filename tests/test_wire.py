@@ -17,12 +17,16 @@ from position_distributor.wire import (
     HEADER_SIZE,
     PROTOCOL_VERSION,
     Auth,
+    Bye,
     Decoder,
+    Digest,
     FrameTooLarge,
     Heartbeat,
     Hello,
     MalformedMessage,
     Message,
+    Repair,
+    RepairRequest,
     SyncDone,
     WireError,
     encode,
@@ -287,10 +291,16 @@ messages: st.SearchStrategy[Message] = st.one_of(
         st.binary(max_size=32),
         st.booleans(),
         st.integers(0, 2**32 - 1),
+        st.binary(max_size=16),
+        st.integers(0, 2**32 - 1),
     ),
     st.builds(SyncDone, st.integers(0, 2**64 - 1)),
     st.just(Heartbeat()),
     st.builds(Auth, st.binary(max_size=32)),
+    st.builds(Digest, st.integers(0, 2**64 - 1), st.binary(max_size=16)),
+    st.builds(RepairRequest, st.integers(0, 2**64 - 1), st.binary(max_size=16)),
+    st.builds(Repair, st.booleans(), st.integers(0, 2**64 - 1)),
+    st.builds(Bye, st.text(max_size=40), st.integers(0, 2**32 - 1)),
 )
 
 
@@ -438,7 +448,10 @@ def test_garbage_payload_parses_or_is_malformed(payload: bytes) -> None:
         message = parse(payload)
     except MalformedMessage:
         return
-    assert isinstance(message, Hello | Auth | SyncDone | Heartbeat | Position)
+    assert isinstance(
+        message,
+        Hello | Auth | SyncDone | Heartbeat | Position | Digest | RepairRequest | Repair | Bye,
+    )
 
 
 @given(st.lists(messages, min_size=1, max_size=4), st.integers(0), st.binary(min_size=1))
