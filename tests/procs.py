@@ -172,8 +172,12 @@ class NodeProcess:
         recovery_timeout: float = 1.0,
         heartbeat: float = 0.2,
         env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.name = name
+        # Where the process runs: ``python -m`` imports the package found there first (a
+        # directory holding another release's ``position_distributor`` runs that release).
+        self.cwd = cwd
         # The listen port; 0 lets the node bind any free port, learnt from its log (no race
         # with other processes between choosing a port and binding it) and kept for restarts.
         self._port = port
@@ -264,6 +268,7 @@ class NodeProcess:
             bufsize=1,
             env=env,
             preexec_fn=self.preexec_fn,
+            cwd=self.cwd,
         )
         self._readers = [
             threading.Thread(target=self._read_stdout, args=(self.proc,), daemon=True),
