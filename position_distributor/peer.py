@@ -33,9 +33,9 @@ from loguru import logger
 
 from .dispatcher import Event, EventDispatcher
 from .links import Link, PeerStatus
-from .protocol import Protocol, Ready, RemoteProtocolError, bye_reason
+from .protocol import Protocol, Ready, RemoteProtocolError, State, bye_reason
 from .throttle import Throttle
-from .transport import TlsTransport, Transport
+from .transport import TlsTransport, Transport, tls_hint
 from .types import Position
 from .wire import (
     BYE_DUPLICATE,
@@ -178,6 +178,13 @@ class Connection:
     def label(self) -> str:
         """``host:port`` of the other end, for logs and thread names."""
         return f"{self.address[0]}:{self.address[1]}"
+
+    @property
+    def peer_address(self) -> str:
+        """The peer's one address in the logs: where it listens, as its Hello said (even a
+        refused one), or the socket's other end if it said none."""
+        port = self.protocol.claimed_port
+        return f"{self.address[0]}:{port}" if port and not self.outbound else self.label
 
     @property
     def listen_address(self) -> str:
@@ -347,15 +354,8 @@ class Connection:
                 try:
                     protocol.certified_names = self._transport.handshake(hello_deadline)
                 except ssl.SSLError as exc:
-                    reason = f"TLS handshake failed: {exc.reason or exc}"
-                    if exc.reason in (
-                        "WRONG_VERSION_NUMBER",
-                        "HTTP_REQUEST",
-                        "RECORD_LAYER_FAILURE",
-                    ):
-                        reason += (
-                            " (the peer does not speak TLS: is it started without --tls-cert?)"
-                        )
+                    why = str(exc.reason or exc)
+                    reason = f"TLS handshake failed: {why}{tls_hint(why)}"
                     return reason
                 except TimeoutError:
                     reason = f"no TLS handshake within {limits.hello_timeout:g}s"
@@ -456,7 +456,12 @@ class Connection:
                 self.send(out, bounded=False)
             if exc.tell:
                 self.say_bye(exc.tell)
+            if exc.answer:
+                self.send(exc.answer, bounded=False)
             self.close(reason, flush=True)
+        except ssl.SSLError as exc:  # after the handshake: e.g. the peer's alert
+            why = str(exc.reason or exc)
+            reason = f"TLS failed: {why}{tls_hint(why)}"
         except OSError as exc:
             reason = _describe(exc)
         except Exception as exc:  # a safety net: this branch should never run
@@ -486,7 +491,11 @@ class Connection:
         final = self._closed_reason or reason
         peer._unregister(self, final)
         claimed = self.protocol.claimed
-        who = self.name or (f"{claimed!r} (claimed)" if claimed else "unidentified peer")
+        # A name (and the address it gave) is the peer's claim until the handshake completes.
+        proven = self.ready or self.protocol.state in (State.SYNC, State.LIVE)
+        who = (
+            self.name if proven else (f"{claimed!r} (claimed)" if claimed else "unidentified peer")
+        )
         if self.ready:
             # Routine ends (stopping, a connection replaced) are INFO; a loss is a WARNING.
             level = "INFO" if peer.stopping or final.startswith(_REPLACED) else "WARNING"
@@ -494,7 +503,7 @@ class Connection:
             if self.bye is not None and connector is not None:
                 # A refusal with a reason: said once by the connector, not at every redial.
                 level = "DEBUG"
-            logger.log(level, "connection with {} at {} closed: {}", who, self.label, final)
+            logger.log(level, "connection with {} at {} closed: {}", who, self.peer_address, final)
             peer.dispatcher.fire(Event.CLOSED, self, final)
         elif not peer.stopping and not self.outbound:
             # A dialled connection that failed is reported by its connector, once per change.
@@ -506,13 +515,13 @@ class Connection:
             # A second node of a connected name was already named in an ERROR (throttled).
             unsaid = None if final.startswith(_SECOND_NODE) else peer.refusals.admit(key)
             if unsaid is None:
-                logger.debug("connection from {} at {} refused: {}", who, self.label, final)
+                logger.debug("connection from {} at {} refused: {}", who, self.peer_address, final)
             else:
                 logger.log(
                     level,
                     "connection from {} at {} refused: {}{}",
                     who,
-                    self.label,
+                    self.peer_address,
                     final,
                     _more(unsaid, peer.refusals.interval),
                 )

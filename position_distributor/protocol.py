@@ -22,7 +22,12 @@ learns the nonce it would need there, so it cannot make one node's proof valid f
 
 In SYNC the peer sends its own positions, then the positions it holds of our strategy (the
 echo, so that a node that lost its store gets its positions back), then SyncDone. In LIVE it
-sends updates of its own positions only (or, with relay, of any strategy but ours).
+sends updates of its own positions only (or, with relay, of any strategy but ours), and, if
+both Hellos have the digest feature, Digests of its own positions, RepairRequests, and
+repairs (its own positions between two Repair messages). A Bye, in any state, closes.
+
+Before the peer has proven itself (HELLO, AUTH) a frame may be 4 KiB at most; its Hello may
+not ask for a heartbeat slower than a minute.
 """
 
 from __future__ import annotations
@@ -84,11 +89,14 @@ class RemoteProtocolError(Exception):
 
     ``tell``, when given, is what the peer may be told of it (in a ``Bye``): only for a peer
     whose Hello passed the checks that keep strangers out, and only what it cannot abuse.
+    ``answer``, when given, is sent as it is: to a peer that speaks TLS to a node that does
+    not, so that its TLS layer fails at once with a reason that says so.
     """
 
-    def __init__(self, message: str, *, tell: str | None = None) -> None:
+    def __init__(self, message: str, *, tell: str | None = None, answer: bytes = b"") -> None:
         super().__init__(message)
         self.tell = tell
+        self.answer = answer
 
 
 class LocalProtocolError(Exception):
@@ -154,6 +162,7 @@ class Protocol:
         self.certified_names: frozenset[str] | None = None
         self.claimed: str | None = None  # the name in the peer's Hello, even if refused
         self.claimed_features = 0  # the features in the peer's Hello, even if refused
+        self.claimed_port = 0  # the listen port in the peer's Hello, even if refused
         self.repairing = False  # between the peer's Repair{done=false} and Repair{done=true}
         self.state = State.HELLO
         self.peer: Hello | None = None
@@ -210,10 +219,15 @@ class Protocol:
         """
         if self.state is State.CLOSED:
             raise LocalProtocolError("receive_data() after the connection failed")
-        if self.state is State.HELLO and data[:2] == b"\x16\x03" and not self._decoder.buffered:
+        if (
+            self.state is State.HELLO
+            and data[:2] in (b"\x16\x03", b"\x15\x03")  # a TLS handshake or alert record
+            and not self._decoder.buffered
+        ):
             self.state = State.CLOSED
             raise RemoteProtocolError(
-                "the peer speaks TLS and this node does not: give both the same --tls-* options"
+                "the peer speaks TLS and this node does not: give both the same --tls-* options",
+                answer=encode(Bye("this node does not speak TLS")),
             )
         try:
             payloads = self._decoder.feed(data)
@@ -246,6 +260,7 @@ class Protocol:
         assert isinstance(hello, Hello)
         self.claimed = hello.strategy[:80]  # for the log, before any check
         self.claimed_features = hello.features
+        self.claimed_port = hello.listen_port if hello.listen_port <= 65535 else 0
         if not self.dialler:
             # Our answer, queued before any check: the dialler has committed its nonce, and a
             # peer we refuse can then tell for itself why (our Hello says what we require).

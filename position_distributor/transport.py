@@ -9,6 +9,7 @@ the reader asks the writer to flush when reading produced TLS output of its own.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import threading
@@ -17,11 +18,20 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["TlsError", "TlsTransport", "Transport", "certified_names", "make_tls_contexts"]
+__all__ = [
+    "TlsError",
+    "TlsTransport",
+    "Transport",
+    "certified_names",
+    "make_tls_contexts",
+    "tls_hint",
+]
 
 # 64 KiB: below the size at which each read would map and unmap fresh memory (malloc's
 # mmap threshold), which costs more than the read itself for a small message.
 _READ_SIZE: Final = 64 * 1024
+# A TLS record: a fatal alert, protocol_version (RFC 8446, 6.2).
+_PROTOCOL_VERSION_ALERT: Final = b"\x15\x03\x01\x00\x02\x02\x46"
 
 
 class TlsError(Exception):
@@ -76,6 +86,17 @@ class TlsTransport(Transport):
                     done = True
                 except ssl.SSLWantReadError:
                     done = False
+                except ssl.SSLError as exc:
+                    # The alert TLS has for the peer (an unknown CA, a bad certificate) tells
+                    # it why: send it before giving up (best effort). A peer that does not
+                    # speak TLS gets none from OpenSSL: send it one, which it recognises.
+                    out = self._outgoing.read()
+                    if not out and tls_hint(str(exc.reason)) == tls_hint("WRONG_VERSION_NUMBER"):
+                        out = _PROTOCOL_VERSION_ALERT
+                    if out:
+                        with contextlib.suppress(OSError):
+                            sock.sendall(out)
+                    raise
                 out = self._outgoing.read()
             if out:
                 sock.sendall(out)
@@ -87,7 +108,10 @@ class TlsTransport(Transport):
             sock.settimeout(left)
             data = sock.recv(_READ_SIZE)
             if not data:
-                raise ConnectionError("connection closed during the TLS handshake")
+                raise ConnectionError(
+                    "connection closed during the TLS handshake (does the peer use TLS too,"
+                    " and trust this node's certificate?)"
+                )
             with self._lock:
                 self._incoming.write(data)
         return certified_names(self._tls.getpeercert())
@@ -130,6 +154,31 @@ class TlsTransport(Transport):
             out = self._outgoing.read()
         if out:
             self.sock.sendall(out)
+
+
+# What a TLS failure most likely means, by the reason OpenSSL gives.
+_HINTS: Final = (
+    (
+        ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"),
+        "the peer does not speak TLS: is it started without --tls-cert?",
+    ),
+    (
+        ("UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UNKNOWN", "CERTIFICATE_REQUIRED"),
+        "the peer does not trust this node's certificate: are both signed by the same --tls-ca?",
+    ),
+    (
+        ("CERTIFICATE_VERIFY_FAILED",),
+        "this node does not trust the peer's certificate: are both signed by the same --tls-ca?",
+    ),
+)
+
+
+def tls_hint(reason: str) -> str:
+    """What a TLS failure's reason most likely means, in parentheses (or "")."""
+    for marks, hint in _HINTS:
+        if any(mark in reason for mark in marks):
+            return f" ({hint})"
+    return ""
 
 
 def certified_names(certificate: Mapping[str, Any] | None) -> frozenset[str]:

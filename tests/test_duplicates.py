@@ -61,6 +61,7 @@ def test_a_second_node_of_one_name_is_refused_in_every_arrangement(
     t = cluster.add(T_NAME, t_port, t_peers, recovery_timeout=0)
     r.type("AAPL 10")
     t.wait_for_view({(R_NAME, "AAPL"): 10.0})
+    t.sync_stderr()  # every line so far is read: the mark comes after "connected to"
     t_mark = t.mark()
 
     d = cluster.add("dup", d_port, [t_port] if d_dials_t else [], recovery_timeout=0.5, start=False)
@@ -100,6 +101,7 @@ def test_a_restarted_node_takes_its_place_again(cluster: Cluster, r_dials_t: boo
     t = cluster.add(T_NAME, t_port, [] if r_dials_t else [r.port], recovery_timeout=0)
     r.type("AAPL 10")
     t.wait_for_view({(R_NAME, "AAPL"): 10.0})
+    t.sync_stderr()
     mark = t.mark()
     r.kill()
     cluster.restart(R_NAME)
@@ -123,6 +125,7 @@ def test_a_node_restarted_while_its_old_connection_is_silent_replaces_it(
     r = cluster.add(R_NAME, peers=[t.port], recovery_timeout=0, heartbeat=2.0)
     r.type("AAPL 10")
     t.wait_for_view({(R_NAME, "AAPL"): 10.0})
+    t.sync_stderr()
     mark = t.mark()
     r.send_signal(signal.SIGSTOP)
     try:

@@ -20,7 +20,16 @@ from position_distributor.engine import TradeError
 from position_distributor.node import Node
 from position_distributor.peer import Limits
 from position_distributor.types import Position
-from position_distributor.wire import Auth, Heartbeat, Hello, Message, SyncDone, encode, frame
+from position_distributor.wire import (
+    Auth,
+    Bye,
+    Heartbeat,
+    Hello,
+    Message,
+    SyncDone,
+    encode,
+    frame,
+)
 
 from .certs import CertSet, NodeCert, session_certs
 from .inproc import FAST_LIMITS, Nodes, Rows
@@ -243,7 +252,8 @@ def test_a_raw_socket_speaking_garbage_gets_no_position_data(
     nodes: Nodes, tmp_path: Path, logs: LogCapture, garbage: bytes
 ) -> None:
     """A connection that sends garbage (or a handshake it cannot complete) is closed having
-    received at most the node's Hello and Auth, and is logged once with its address."""
+    received at most the node's Hello and Auth (and a Bye saying it does not speak TLS, to a
+    TLS ClientHello), and is logged once with its address."""
     a, a_rows = start_node(nodes, A, secret_file=secret_file(tmp_path, SECRET))
     traded(a, a_rows, A_SYMBOL)
     raw = Impostor.dial(a.port, B, secrets=None)
@@ -252,7 +262,7 @@ def test_a_raw_socket_speaking_garbage_gets_no_position_data(
         received = raw.until_eof()
     finally:
         raw.close()
-    assert kinds(received) <= {Hello, Auth}
+    assert kinds(received) <= {Hello, Auth, Bye}
     assert A_SYMBOL.encode() not in received
     line = logs.wait_for_text(f"at {raw.label} refused: protocol error: ")
     assert len(logs.lines_with(raw.label)) == 1, logs.lines_with(raw.label)
@@ -289,8 +299,10 @@ def test_a_replayed_handshake_gets_no_position_data(
     assert kinds(received) <= {Hello, Auth}
     assert positions_in(received) == []
     assert A_SYMBOL.encode() not in received and B_SYMBOL.encode() not in received
-    logs.wait_for_text(f"at {raw.label} refused: protocol error: authentication failed")
-    assert len(logs.lines_with(raw.label)) == 1
+    # Named by the name and listening address its Hello claimed, marked as a claim.
+    claimed = f"from {hello.strategy!r} (claimed) at 127.0.0.1:{hello.listen_port} refused"
+    logs.wait_for_text(f"{claimed}: protocol error: authentication failed")
+    assert len(logs.lines_with("authentication failed")) == 1
 
 
 def test_relaying_two_handshakes_does_not_authenticate_an_outsider(

@@ -125,13 +125,15 @@ def test_two_processes_with_different_secrets_exchange_nothing(
     reason = "authentication failed: the peer's proof does not match the cluster secret"
     # Both hold a position now: wait for two more refused attempts (logged at DEBUG after the
     # first, so that a redialling node does not flood the log).
-    refusals = f"connection from {B} at 127.0.0.1:"
+    refusals = f"connection from '{B}' (claimed) at 127.0.0.1:"  # not proven: a claim
     a.wait_until(
         lambda n: len([x for x in n.log_lines(refusals, mark) if " refused: " in x]) >= 2,
         what="two refused attempts",
     )
     first = next(x for x in a.log_lines(refusals) if " refused: " in x)
-    assert re.search(rf"WARNING .*connection from {B} at 127\.0\.0\.1:\d+ refused: ", first)
+    assert re.search(
+        rf"WARNING .*connection from '{B}' \(claimed\) at 127\.0\.0\.1:\d+ refused: ", first
+    )
     # The side that checks a proof first logs why (with the dialler speaking first, that is
     # the dialler; the other side then sees the connection closed).
     dialled = f"127.0.0.1:{a.port} refused the connection: "
