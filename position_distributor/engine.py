@@ -951,9 +951,22 @@ class Engine:
         now = time.monotonic()
         if now - self._asked.get(name, -math.inf) < 2 * self._digest_interval:
             return
-        self._asked[name] = now
         with self._book_lock:
             count, ours = self._book.digest(name)
+        if name in self._repaired:
+            # Repaired, and still different (a copy we keep, a symbol cap): asking again at
+            # once would only send everything again. Once a minute.
+            self._repaired.discard(name)
+            self._asked[name] = now + 60.0 - 2 * self._digest_interval
+            logger.warning(
+                "our copy of {}'s positions ({} here) still differs from its own ({} there)"
+                " after a repair; asking again in a minute",
+                name,
+                count,
+                digest.count,
+            )
+            return
+        self._asked[name] = now
         logger.warning(
             "our copy of {}'s positions ({} here) differs from its own ({} there): asking it"
             " for them",
