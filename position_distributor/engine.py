@@ -761,9 +761,15 @@ class Engine:
                 _NOT_OURS,
             )
             return None
-        if current is None and not self.recovering and echo.timestamp >= self._created_at_ns:
+        if (
+            current is None
+            and not self.recovering
+            and echo.timestamp >= self._created_at_ns
+            and ahead <= _MAX_CLOCK_SKEW_NS
+        ):
             # A symbol this store never held, stamped after the store was made: not a base
             # from before a lost store, so some other node wrote it (or a store was edited).
+            # (Stamped well in the future, it comes from this node's past, as above.)
             logger.error(
                 "refused {} {} @ {} sent back as ours: this node never held {}, and it is"
                 " stamped after this store was created; {}",
