@@ -61,6 +61,7 @@ _STOP: Final = None  # writer sentinel: send what is queued before it, then shut
 _DUPLICATE: Final = "already connected to"
 _REPLACED: Final = "replaced by"
 _SECOND_NODE: Final = "another node named"  # a second process claims a connected strategy
+_STOPPING: Final = "node stopping"
 _BYE: Final = "closed by the peer: "
 # A connection heard from within this many of its peer's heartbeat intervals is alive: a
 # second process claiming its strategy is a duplicate, not the same node restarted.
@@ -505,8 +506,10 @@ class Connection:
                 level = "DEBUG"
             logger.log(level, "connection with {} at {} closed: {}", who, self.peer_address, final)
             peer.dispatcher.fire(Event.CLOSED, self, final)
-        elif not peer.stopping and not self.outbound:
+        elif final != _STOPPING and not self.outbound:
             # A dialled connection that failed is reported by its connector, once per change.
+            # A refusal is counted even when the stop began since (its reader may finish
+            # after the stop started): stop() joins the readers before it sums the unsaid.
             # Refusals of inbound connections are throttled: a named peer once a minute per
             # address and reason, anything unidentified once a minute per address, each
             # line saying how many like it went unsaid; the rest at DEBUG.
@@ -688,7 +691,7 @@ class Peer:
         with self._lock:
             conns = list(self._all)
         for conn in conns:
-            conn.close("node stopping", flush=True)
+            conn.close(_STOPPING, flush=True)
         deadline = time.monotonic() + flush_timeout
         for conn in conns:
             conn.join_writer(max(0.0, deadline - time.monotonic()))
@@ -810,7 +813,7 @@ class Peer:
         assert name is not None and hello is not None
         with self._lock:
             if self._stopping.is_set():
-                return "node stopping", "", 0
+                return _STOPPING, "", 0
             old = self._live.get(name)
             why = None  # why ``old`` is replaced, if it is
             if old is not None:
