@@ -40,7 +40,6 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from . import workloads
@@ -185,16 +184,6 @@ class HttpCluster(Cluster):
         super().close()
 
 
-@contextlib.contextmanager
-def _patched_cluster(cls: type[Cluster]) -> Iterator[None]:
-    saved = workloads.Cluster  # type: ignore[attr-defined]
-    workloads.Cluster = cls  # type: ignore[attr-defined]
-    try:
-        yield
-    finally:
-        workloads.Cluster = saved  # type: ignore[attr-defined]
-
-
 def _percentiles(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
 
@@ -318,7 +307,7 @@ def overhead(runs: int, quick: bool) -> dict[str, Any]:
             # Alternate which goes first, so a drift of the machine's load favours neither.
             for mode in ("without", "with") if rnd % 2 == 0 else ("with", "without"):
                 cls = HttpCluster if mode == "with" else Cluster
-                with _patched_cluster(cls):
+                with workloads.patched_cluster(cls):
                     metrics = workloads.WORKLOADS[key].run(settings, rnd)
                 per_mode[mode].append(metrics)
                 cpu = metrics["sender_cpu_us"] + metrics["receiver_cpu_us"]

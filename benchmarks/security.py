@@ -279,17 +279,6 @@ def _cluster_with(mode: str, creds: Credentials) -> type[_Cluster]:
     return SecureCluster
 
 
-@contextlib.contextmanager
-def _patched_cluster(cls: type[_Cluster]) -> Iterator[None]:
-    """Run a workload of ``workloads`` with ``cls`` as its Cluster (this module only)."""
-    saved = workloads.Cluster  # type: ignore[attr-defined]
-    workloads.Cluster = cls  # type: ignore[attr-defined]
-    try:
-        yield
-    finally:
-        workloads.Cluster = saved  # type: ignore[attr-defined]
-
-
 SHOWN = {
     "W1": ("trades_per_s", "sender_cpu_us", "receiver_cpu_us"),
     "W3": ("join_s", "join_after_dial_s", "holder_cpu_s", "joiner_cpu_s"),
@@ -304,7 +293,7 @@ def measure_workload(
     per_mode: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
     for rnd in range(runs):
         for mode in modes:
-            with _patched_cluster(_cluster_with(mode, creds)):
+            with workloads.patched_cluster(_cluster_with(mode, creds)):
                 metrics = workloads.WORKLOADS[key].run(settings, rnd)
             per_mode[mode].append(metrics)
             shown = ", ".join(f"{k}={metrics[k]:,.4g}" for k in SHOWN[key])

@@ -9,12 +9,13 @@ symbol is printed exactly once: that is how a ``Watch`` knows a symbol is done.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,19 @@ class Settings:
             w5_idle_seconds=2.0,
             w6_positions=20_000,
         )
+
+
+@contextlib.contextmanager
+def patched_cluster(cls: type[Cluster]) -> Iterator[None]:
+    """Run this module's workloads with ``cls`` (a Cluster subclass that adds flags or
+    streams to every node) as their Cluster, and put the plain one back after."""
+    global Cluster
+    saved = Cluster
+    Cluster = cls  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        Cluster = saved  # type: ignore[misc]
 
 
 def _percentile(values: list[float], q: float) -> float:
