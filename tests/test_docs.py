@@ -11,6 +11,7 @@ by free ones, stdin at end of input, and a deadline for each block.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import os
 import re
@@ -361,3 +362,41 @@ def test_api_md_names_every_field_of_config_and_limits() -> None:
     limits = text.split("**`Limits(...)`**", 1)[1].split("\n\n", 1)[0]
     missing = [f.name for f in dataclasses.fields(Limits) if f"`{f.name}`" not in limits]
     assert missing == [], f"Limits fields not in docs/api.md: {missing}"
+
+
+def logged_texts() -> Iterator[tuple[str, str]]:
+    """Each WARNING, ERROR and CRITICAL line the package can log whose text is a literal:
+    where it is, and its text with each ``{}`` placeholder as ``{}``."""
+    for path in sorted((ROOT / "position_distributor").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in {"warning", "error", "critical"}
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+            ):
+                continue
+            target = node.func.value  # logger.error(...) or logger.opt(...).error(...)
+            if isinstance(target, ast.Call) and isinstance(target.func, ast.Attribute):
+                target = target.func.value
+            if isinstance(target, ast.Name) and target.id == "logger":
+                yield f"{path.relative_to(ROOT)}:{node.lineno}", node.args[0].value
+
+
+def test_every_warning_and_error_the_node_logs_is_explained_in_the_docs() -> None:
+    """Each WARNING/ERROR/CRITICAL text of the package is in the docs (the runbook of
+    operations.md, or the page of its feature): every run of three words or more between
+    its placeholders is found there (its longest run, for a short text)."""
+    docs = "\n".join(path.read_text() for path in DOCS)
+    missing = []
+    for where, text in logged_texts():
+        runs = [run.strip(" :;,.()") for run in re.split(r"\{[^}]*\}", text)]
+        wordy = [run for run in runs if len(run.split()) >= 3] or [max(runs, key=len)]
+        if not all(run in docs for run in wordy):
+            missing.append(f"{where}: {text!r}")
+    assert missing == [], (
+        "log lines with no row in docs/operations.md#runbook-every-warning-and-error:\n"
+        + "\n".join(missing)
+    )
