@@ -18,15 +18,15 @@ import pytest
 
 from position_distributor.aioloop import AioLoop
 
+from .required import unavailable
+
 __all__ = ["CHROMIUM", "Remote", "browser", "page"]
 
 CHROMIUM = os.environ.get("PD_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 
 
 def _missing(why: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{why}: the browser tests must run in CI (.ci/run installs chromium)")
-    pytest.skip(why)
+    unavailable(why, in_ci="the browser tests must run in CI (.ci/run installs chromium)")
 
 
 class Remote:

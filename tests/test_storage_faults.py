@@ -20,33 +20,31 @@ from position_distributor.node import Config, Node
 
 from .inproc import FAST_LIMITS, Rows
 from .procs import Cluster, run_cli, without_root_powers
+from .required import unavailable
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 
-def _mount(target: Path, size: str) -> None:
+@contextlib.contextmanager
+def mounted(target: Path, *mount: str) -> Iterator[Path]:
+    """``mount *mount target`` for the test, unmounted at its end; without the powers to
+    mount, the test is skipped (and fails in CI, which runs as root)."""
     target.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(target)],
-        check=True,
-        capture_output=True,
-    )
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A real 2 MiB tmpfs mounted for the test (unmounted at its end)."""
-    target = tmp_path / "fs"
     try:
-        _mount(target, "2m")
+        subprocess.run(["mount", *mount, str(target)], check=True, capture_output=True)
     except (OSError, subprocess.CalledProcessError) as exc:
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip(f"cannot mount a tmpfs here ({exc}); the storage-fault tests need one")
+        unavailable(f"cannot mount {' '.join(mount)} here ({exc})", in_ci="CI runs as root")
     try:
         yield target
     finally:
         subprocess.run(["umount", "-l", str(target)], check=False, capture_output=True)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MiB tmpfs mounted for the test."""
+    with mounted(tmp_path / "fs", "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs") as fs:
+        yield fs
 
 
 def fill(fs: Path) -> Path:
@@ -133,26 +131,16 @@ def test_a_full_disk_fails_the_api_future_with_trade_not_stored(small_fs: Path) 
 @pytest.fixture
 def ext4_fs(tmp_path: Path) -> Iterator[Path]:
     """A real ext4 filesystem on a loop device, mounted to turn read-only at its first error
-    (as a failing disk's usually is); unmounted at the end."""
-    image, target = tmp_path / "ext4.img", tmp_path / "ext4"
-    target.mkdir()
+    (as a failing disk's usually is)."""
+    image = tmp_path / "ext4.img"
+    with open(image, "wb") as f:
+        f.truncate(16 << 20)
     try:
-        with open(image, "wb") as f:
-            f.truncate(16 << 20)
         subprocess.run(["mkfs.ext4", "-q", str(image)], check=True, capture_output=True)
-        subprocess.run(
-            ["mount", "-o", "loop,errors=remount-ro", str(image), str(target)],
-            check=True,
-            capture_output=True,
-        )
     except (OSError, subprocess.CalledProcessError) as exc:
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip(f"cannot mount an ext4 loop device here ({exc})")
-    try:
-        yield target
-    finally:
-        subprocess.run(["umount", "-l", str(target)], check=False, capture_output=True)
+        unavailable(f"cannot make an ext4 filesystem ({exc})", in_ci="CI has e2fsprogs")
+    with mounted(tmp_path / "ext4", "-o", "loop,errors=remount-ro", str(image)) as fs:
+        yield fs
 
 
 def turn_read_only(mount_point: Path) -> None:
