@@ -10,8 +10,10 @@ one key per position (``natskeys.py``), and watches the whole bucket.
   refused for it). The flusher (asyncio) puts the outbox to the bucket in batches, one key
   at a time in flight, each with the key's expected last revision; a wrong revision is
   looked at: what this node wrote itself (an acknowledgement lost) is taken as written,
-  anything else is a second writer of this strategy, named in an ERROR. While no server is
-  reachable the outbox waits, and is flushed when the connection is back.
+  anything else is a second writer of this strategy, named in an ERROR. A put that was not
+  acknowledged, whose value a re-read of the bucket found since, is taken as written too,
+  not put twice. While no server is reachable the outbox waits, and is flushed when the
+  connection is back.
 - **Receive.** A watcher (an ordered consumer, last value per key) reads the bucket: its
   initial values are the sync (other strategies' positions, then this strategy's own as the
   echo, then ``SyncDone``), then live changes. After a reconnect, and when the watcher
@@ -175,7 +177,8 @@ class NatsLink:
         self._reading = False  # the current watcher is still delivering its initial values
         self._read_once = False  # the bucket was read: the own keys' revisions are known
         self._seen_rev = 0  # highest stream sequence the watcher delivered
-        self._revs: dict[str, int] = {}  # own symbol -> the key's last known revision
+        self._revs: dict[str, tuple[int, bytes]] = {}  # own symbol -> the key's last known
+        # revision, and the value it holds
         self._attempts: dict[str, list[bytes]] = {}  # own symbol -> values put, not acked
         self._sent_ts: dict[str, int] = {}  # own symbol -> newest timestamp this node put
         self._logged: dict[str, float] = {}  # key -> when last logged as bad
@@ -689,7 +692,7 @@ class NatsLink:
                     symbol = position.symbol
                     if reading:
                         self._initial_own[symbol] = position
-                        self._revs[symbol] = revision
+                        self._revs[symbol] = (revision, bytes(msg.data))
                         self._sent_ts[symbol] = max(
                             self._sent_ts.get(symbol, 0), position.timestamp
                         )
@@ -837,17 +840,28 @@ class NatsLink:
         if position.timestamp > self._sent_ts.get(symbol, 0):
             self._sent_ts[symbol] = position.timestamp
         attempts = self._attempts.setdefault(symbol, [])
+        if attempts:
+            # An earlier put of this key was not acknowledged. If a read of the bucket since
+            # (the re-read after a reconnect) found one of those values, it is this node's
+            # own write: the key's revision is known, and putting the same value again would
+            # only write it twice.
+            revision, held_value = self._revs.get(symbol, (0, b""))
+            if revision and held_value in attempts:
+                self._found_own_write(symbol)
+                if held_value == value:
+                    self._attempts.pop(symbol, None)
+                    return True
         attempts.append(value)
         del attempts[:-_MAX_ATTEMPTS]
         kv = self._kv
         try:
             for _ in range(4):
                 try:
-                    revision = await kv.update(key, value, last=self._revs.get(symbol, 0))
+                    revision = await kv.update(key, value, last=self._revs.get(symbol, (0, b""))[0])
                 except KeyWrongLastSequenceError:
                     pass
                 else:
-                    self._revs[symbol] = revision
+                    self._revs[symbol] = (revision, value)
                     self._attempts.pop(symbol, None)
                     with self._lock:
                         self.puts += 1
@@ -855,20 +869,14 @@ class NatsLink:
                 try:
                     entry = await kv.get(key)
                 except KeyDeletedError as exc:
-                    self._revs[symbol] = exc.entry.revision if exc.entry is not None else 0
+                    self._revs[symbol] = (exc.entry.revision if exc.entry is not None else 0, b"")
                     continue
                 except KeyNotFoundError:
-                    self._revs[symbol] = 0
+                    self._revs[symbol] = (0, b"")
                     continue
-                self._revs[symbol] = entry.revision
+                self._revs[symbol] = (entry.revision, entry.value or b"")
                 if entry.value in attempts:
-                    # What this node wrote itself, whose acknowledgement was lost.
-                    logger.info(
-                        "bucket {} already holds {} as this node put it (its acknowledgement"
-                        " was lost): taken as written",
-                        self.settings.bucket,
-                        symbol,
-                    )
+                    self._found_own_write(symbol)
                     if entry.value == value:
                         self._attempts.pop(symbol, None)
                         return True
@@ -899,6 +907,15 @@ class NatsLink:
         except Exception as exc:
             self._set_state(self._state, f"put {symbol}: {_describe(exc)}")
             return False
+
+    def _found_own_write(self, symbol: str) -> None:
+        """Say that the bucket holds what this node put, though the put was never acknowledged."""
+        logger.info(
+            "bucket {} already holds {} as this node put it (its acknowledgement was lost):"
+            " taken as written",
+            self.settings.bucket,
+            symbol,
+        )
 
 
 def _server_of(nc: Any) -> str:

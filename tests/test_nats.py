@@ -13,6 +13,7 @@ from nats.js.api import KeyValueConfig
 from position_distributor.natskeys import encode_key, encode_value
 from position_distributor.types import Position
 
+from .nats_proxy import LostAckProxy, next_message
 from .nats_support import NatsNodes, NatsServer
 from .procs import run_cli
 from .riskview_support import http_url, request
@@ -31,6 +32,10 @@ async def _kv_call(url: str, bucket: str, action: str, key: str = "", value: byt
             return await kv.put(key, value)
         if action == "get":
             return (await kv.get(key)).value
+        if action == "revision":
+            return (await kv.get(key)).revision
+        if action == "last":
+            return (await js.stream_info(f"KV_{bucket}")).state.last_seq
         raise ValueError(action)
     finally:
         await nc.close()
@@ -146,6 +151,66 @@ def test_a_second_writer_of_one_strategy_is_named(nats_nodes: NatsNodes) -> None
     first.wait_for_log("another writer of strategy s1")
     first.type("AAPL 1")
     first.wait_for_log("is a second node running as s1?")
+
+
+def test_the_proxy_finds_message_boundaries() -> None:
+    """The lost-acknowledgement proxy splits the client's bytes at message boundaries: a
+    publish ends after its payload (CRLF inside it included), other operations at their line."""
+    stream = (
+        b"CONNECT {}\r\nPING\r\nPUB a.b _INBOX.1 5\r\nx\r\nyz\r\n"
+        b"HPUB $KV.p.s1.AAPL _INBOX.2 12 14\r\nNATS/1.0\r\n\r\nab\r\nSUB c 1\r\n"
+    )
+    found = []
+    while (message := next_message(stream)) is not None:
+        found.append((message.op, message.subject, stream[: message.length]))
+        stream = stream[message.length :]
+    assert found == [
+        ("CONNECT", "", b"CONNECT {}\r\n"),
+        ("PING", "", b"PING\r\n"),
+        ("PUB", "a.b", b"PUB a.b _INBOX.1 5\r\nx\r\nyz\r\n"),
+        ("HPUB", "$KV.p.s1.AAPL", b"HPUB $KV.p.s1.AAPL _INBOX.2 12 14\r\nNATS/1.0\r\n\r\nab\r\n"),
+        ("SUB", "", b"SUB c 1\r\n"),
+    ]
+    assert stream == b""
+    assert next_message(b"PUB a 5\r\nxx") is None  # the payload is not all there yet
+
+
+@pytest.mark.parametrize("hold_retry", [False, True], ids=["read-first", "retry-first"])
+def test_a_lost_acknowledgement_is_not_a_second_writer(
+    nats_server: NatsServer, nats_nodes: NatsNodes, hold_retry: bool
+) -> None:
+    """A put the server stored but whose acknowledgement never reached the node: the node's
+    retry (before or after its re-read of the bucket) finds its own write and says so, names
+    no second writer, writes nothing twice, and the other node converges."""
+    proxy = LostAckProxy(nats_server.port)
+    url, bucket = nats_nodes.urls, nats_nodes.bucket
+    try:
+        s1 = nats_nodes.add_nats("s1", urls=proxy.url)
+        s2 = nats_nodes.add_nats("s2")
+        s1.type("AAPL 1")
+        s2.wait_for_view({("s1", "AAPL"): 1.0})
+        last = kv(url, bucket, "last")
+        proxy.arm(f"$KV.{bucket}.s1.", hold_retry=hold_retry)
+        s1.type("AAPL 5")
+        assert proxy.cut.wait(15), "the proxy never saw s1's put"
+        s1.wait_for_log("NATS connection lost")
+        s1.wait_for_log("as this node put it (its acknowledgement was lost)", timeout=20)
+        assert proxy.released.is_set() == hold_retry
+        # One write for the put: the one the server stored before the cut.
+        assert kv(url, bucket, "last") == last + 1
+        assert kv(url, bucket, "revision", "s1.AAPL") == last + 1
+        s2.wait_for_view({("s1", "AAPL"): 6.0})
+        s2.type("MSFT 2")
+        s1.wait_for_view({("s1", "AAPL"): 6.0, ("s2", "MSFT"): 2.0})
+        s1.type("AAPL 1")  # the next put of the key goes through with the right revision
+        s2.wait_for_view({("s1", "AAPL"): 7.0, ("s2", "MSFT"): 2.0})
+        s1.sync_stderr()
+        assert not s1.log_lines("another writer"), s1.describe()
+        assert not s1.log_lines("ERROR"), s1.describe()
+        assert kv(url, bucket, "revision", "s1.AAPL") == last + 3
+    finally:
+        nats_nodes.close()
+        proxy.close()
 
 
 @pytest.mark.parametrize(
