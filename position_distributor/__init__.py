@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from .connection import Limits
 from .engine import TradeError, TradeNotStored
+from .links import PeerStatus
 from .node import Config, Node, NodeError, Updates, UpdatesOverflow
-from .peer import Limits, PeerStatus
 from .types import Position
 
 __all__ = [

@@ -18,12 +18,12 @@ from typing import IO, NoReturn
 
 from loguru import logger
 
+from .connection import Limits
 from .console import HELP, Command, ConsoleError, TradeCommand, parse_line, trades_of
 from .engine import DEFAULT_MAX_SYMBOLS
 from .helpformat import HelpFormatter
 from .natslink import NatsSettings
 from .node import Config, Node, NodeError
-from .peer import Limits
 from .protocol import MAX_PEER_HEARTBEAT_MS
 from .riskview import HttpSettings
 from .snapshots import format_time

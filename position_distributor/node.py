@@ -22,11 +22,12 @@ from loguru import logger
 
 from . import auth
 from .aioloop import AioLoop
+from .connection import Limits
 from .dispatcher import EventDispatcher
 from .engine import DEFAULT_MAX_SYMBOLS, Engine, Output, Subscriber
 from .limits import LimitRow, LimitsError, LimitWatcher, load_limits
 from .links import LinkTransport
-from .peer import Limits, Peer, PeerStatus
+from .peer import Peer, PeerStatus
 from .riskview.settings import HttpError, HttpSettings
 from .store import JournalEntry, SnapshotInfo, Store, StoreError
 from .transport import TlsError, make_tls_contexts
