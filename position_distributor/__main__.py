@@ -395,6 +395,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     nats.add_argument("--nats-nkey", metavar="PATH", type=Path, help="an nkey seed file")
     nats.add_argument(
+        "--nats-creds",
+        metavar="PATH",
+        type=Path,
+        help="a .creds file (operator/JWT mode: a user's JWT and nkey seed, as nsc writes it)",
+    )
+    nats.add_argument(
         "--nats-tls-ca", metavar="PATH", type=Path, help="CA certificate (PEM) of the servers"
     )
     nats.add_argument(
@@ -442,6 +448,17 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
             parser.error("--nats-replicas must be 1 to 5")
         if args.nats_password_file is not None and args.nats_user is None:
             parser.error("--nats-password-file needs --nats-user")
+        logins = [
+            flag
+            for flag, value in (
+                ("--nats-user", args.nats_user),
+                ("--nats-nkey", args.nats_nkey),
+                ("--nats-creds", args.nats_creds),
+            )
+            if value is not None
+        ]
+        if len(logins) > 1:
+            parser.error(f"{' and '.join(logins)} each log in to NATS: give only one")
         if (args.nats_tls_cert is None) != (args.nats_tls_key is None):
             parser.error("--nats-tls-cert and --nats-tls-key go together")
         nats = NatsSettings(
@@ -452,6 +469,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
             user=args.nats_user,
             password_file=args.nats_password_file,
             nkey_file=args.nats_nkey,
+            creds_file=args.nats_creds,
             tls_ca=args.nats_tls_ca,
             tls_cert=args.nats_tls_cert,
             tls_key=args.nats_tls_key,

@@ -47,6 +47,7 @@ from loguru import logger
 from .aioloop import AioLoop
 from .dispatcher import Event, EventDispatcher
 from .links import Link, PeerStatus
+from .natscreds import CredsError, parse_creds
 from .natskeys import BadEntry, decode_value, encode_key, encode_value, escape
 from .types import Position
 from .wire import SyncDone
@@ -77,6 +78,7 @@ class NatsSettings:
     user: str | None = None
     password_file: Path | None = None
     nkey_file: Path | None = None  # an nkey seed file
+    creds_file: Path | None = None  # a .creds file (operator/JWT mode): a user's JWT and seed
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -404,7 +406,7 @@ class NatsLink:
             if refusal is not None:
                 raise NatsError(
                     f"NATS at {settings.describe()} refused this node's credentials ({refusal}):"
-                    " check --nats-user and --nats-password-file, or --nats-nkey"
+                    f" {self._check_credentials()}"
                 ) from None
             if isinstance(exc, TimeoutError | NoServersError | OSError):
                 raise NatsError(f"cannot connect to NATS at {settings.describe()}: {why}") from None
@@ -465,6 +467,20 @@ class NatsLink:
             replicas,
         )
 
+    def _check_credentials(self) -> str:
+        """What to check when the server refuses this node: the flags it logged in with."""
+        settings = self.settings
+        if settings.creds_file is not None:
+            return (
+                f"check --nats-creds {settings.creds_file} (a user of an account this server's"
+                " operator trusts)"
+            )
+        if settings.nkey_file is not None:
+            return f"check --nats-nkey {settings.nkey_file}"
+        if settings.user is not None:
+            return "check --nats-user and --nats-password-file"
+        return "this server needs credentials: --nats-user, --nats-nkey or --nats-creds"
+
     def _connect_options(self) -> dict[str, Any]:
         """The credential options of nats.connect (reads small local files)."""
         settings = self.settings
@@ -480,6 +496,8 @@ class NatsLink:
                 options["nkeys_seed"] = str(settings.nkey_file)
         except OSError as exc:
             raise NatsError(f"cannot read {exc.filename}: {exc.strerror}") from None
+        if settings.creds_file is not None:
+            options["user_credentials"] = _read_creds(settings.creds_file)
         if settings.tls_ca is not None or settings.tls_cert is not None:
             try:
                 context = ssl.create_default_context(
@@ -916,6 +934,21 @@ class NatsLink:
             self.settings.bucket,
             symbol,
         )
+
+
+def _read_creds(path: Path) -> Any:
+    """The checked text of a ``.creds`` file, as nats-py takes it (read once, at start)."""
+    from nats.aio.client import RawCredentials
+
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        raise NatsError(f"--nats-creds: cannot read {path}: {exc.strerror}") from None
+    try:
+        parse_creds(text)
+    except CredsError as exc:
+        raise NatsError(f"--nats-creds {path} is not a usable .creds file: {exc}") from None
+    return RawCredentials(text)
 
 
 def _server_of(nc: Any) -> str:
