@@ -57,6 +57,14 @@ class Creds(NamedTuple):
     name: str  # the user's name in the JWT
     account: str  # the account that issued the JWT
 
+    def text(self) -> str:
+        """The file in the canonical layout nats-py reads (each token alone on the line after
+        its BEGIN line, LF line ends), whatever spacing the original had."""
+        return (
+            f"-----BEGIN NATS USER JWT-----\n{self.jwt}\n------END NATS USER JWT------\n\n"
+            f"-----BEGIN USER NKEY SEED-----\n{self.seed}\n------END USER NKEY SEED------\n"
+        )
+
 
 def parse_creds(text: str, *, now: float | None = None) -> Creds:
     """The JWT and seed of a ``.creds`` file's text; ``CredsError`` if it is not one."""

@@ -945,10 +945,10 @@ def _read_creds(path: Path) -> Any:
     except OSError as exc:
         raise NatsError(f"--nats-creds: cannot read {path}: {exc.strerror}") from None
     try:
-        parse_creds(text)
+        creds = parse_creds(text)
     except CredsError as exc:
         raise NatsError(f"--nats-creds {path} is not a usable .creds file: {exc}") from None
-    return RawCredentials(text)
+    return RawCredentials(creds.text())
 
 
 def _server_of(nc: Any) -> str:

@@ -274,11 +274,14 @@ def strategy_creds(account: Account, directory: Path, strategy: str, bucket: str
 def test_creds_nodes_converge_and_write_only_their_own_keys(
     operator_mode: tuple[NatsServer, Account], tmp_path: Path, bucket: str
 ) -> None:
-    """Nodes log in with their strategy's .creds file and converge; with s1's creds, another
-    strategy's key can be neither overwritten, deleted nor purged, nor the stream purged."""
+    """Nodes log in with their strategy's .creds file (one with CRLF line ends) and converge;
+    with s1's creds, another strategy's key can be neither overwritten, deleted nor purged,
+    nor the stream purged."""
     server, firm = operator_mode
     admin = RawCredentials(firm.user_creds("admin"))
     files = {name: strategy_creds(firm, tmp_path, name, bucket) for name in ("s1", "s2")}
+    # s2's file as a Windows editor would leave it: CRLF line ends, indented.
+    files["s2"].write_text("\r\n".join("  " + line for line in files["s2"].read_text().split("\n")))
 
     async def create() -> None:
         nc = await nats.connect(server.url, user_credentials=admin)

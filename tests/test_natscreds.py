@@ -32,9 +32,15 @@ def test_a_creds_file_as_nsc_writes_it() -> None:
 
 
 def test_crlf_line_ends_and_indentation_are_accepted() -> None:
-    """A file written on Windows, or indented by a config tool, still parses."""
+    """A file written on Windows, or indented by a config tool, still parses, and is handed on
+    in the canonical layout (nats-py takes the line after each BEGIN line as it is)."""
     text = "\r\n".join("  " + line for line in GOOD.splitlines())
-    assert parse_creds(text).jwt == JWT
+    creds = parse_creds(text)
+    assert creds.jwt == JWT
+    lines = creds.text().split("\n")
+    assert lines[lines.index("-----BEGIN NATS USER JWT-----") + 1] == JWT
+    assert lines[lines.index("-----BEGIN USER NKEY SEED-----") + 1] == SEED
+    assert parse_creds(creds.text()) == creds
 
 
 def _claims_jwt(claims: dict[str, object]) -> str:
