@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from position_distributor.natskeys import decode_value, escape
 from .certs import CertSet, _make_node, make_certs
 from .nats_jwt import Account, Operator, creds_text
 from .nats_support import NatsNodes, NatsServer
-from .procs import run_cli
+from .procs import run_cli, without_root_powers
 
 BUCKET = "positions"
 
@@ -325,6 +326,7 @@ def test_creds_nodes_converge_and_write_only_their_own_keys(
     [
         ("unknown account", "Authorization Violation'): check --nats-creds"),
         ("missing", "--nats-creds: cannot read"),
+        ("unreadable", "--nats-creds: cannot read"),
         ("garbage", "is not a usable .creds file: no user JWT in it"),
         ("halves of two users", "belong to different users"),
         ("with --nats-user", "--nats-user and --nats-creds each log in to NATS: give only one"),
@@ -333,14 +335,16 @@ def test_creds_nodes_converge_and_write_only_their_own_keys(
 def test_bad_creds_are_a_clear_error(
     operator_mode: tuple[NatsServer, Account], tmp_path: Path, bucket: str, make: str, message: str
 ) -> None:
-    """A user of an account the server's operator never signed, a missing, damaged or mixed-up
-    .creds file, or creds with another login: one line naming --nats-creds, exit 2."""
+    """A user of an account the server's operator never signed, a missing, unreadable, damaged
+    or mixed-up .creds file, or creds with another login: one line naming --nats-creds, exit 2."""
     server, firm = operator_mode
     path = tmp_path / "node.creds"
     args = ["--nats-creds", str(path)]
     if make == "unknown account":
         stranger = Operator().account("ELSEWHERE")
         strategy_creds(stranger, tmp_path, "node", bucket)
+    elif make == "unreadable":
+        strategy_creds(firm, tmp_path, "node", bucket).chmod(0)
     elif make == "garbage":
         path.write_text("not a creds file\n")
     elif make == "halves of two users":
@@ -351,6 +355,7 @@ def test_bad_creds_are_a_clear_error(
     result = run_cli(
         "s1", "--nats", server.url, "--nats-bucket", bucket, "--nats-create-bucket",
         "--data-dir", str(tmp_path / "d"), *args,
+        preexec_fn=without_root_powers if os.geteuid() == 0 else None,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert message in result.stderr, result.stderr
