@@ -17,6 +17,7 @@ connection speaks only after the dialler's Hello (see ``protocol.py``).
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
 import queue
 import socket
@@ -33,6 +34,7 @@ from .protocol import Protocol, Ready, RemoteProtocolError, State, bye_reason
 from .transport import TlsTransport, Transport, tls_hint
 from .types import Position
 from .wire import (
+    BYE_STOPPING,
     DEFAULT_MAX_FRAME_SIZE,
     FEATURE_BYE,
     FEATURE_DIGEST,
@@ -49,21 +51,45 @@ from .wire import (
 if TYPE_CHECKING:
     from .peer import Peer, _Connector
 
-__all__ = ["Connection", "Limits"]
+__all__ = ["CloseReason", "Closing", "Connection", "Limits"]
 
 _SEND_SLICE: Final = 1 << 20  # each sendall is bounded in time by the socket timeout
 _HEARTBEAT: Final = encode(Heartbeat())
 _SYNC_SLICE: Final = 2048  # positions encoded and queued at a time by a sync
 _STOP: Final = None  # writer sentinel: send what is queued before it, then shut down
-_DUPLICATE: Final = "already connected to"
-_REPLACED: Final = "replaced by"
-_SECOND_NODE: Final = "another node named"  # a second process claims a connected strategy
-_STOPPING: Final = "node stopping"
 _BYE: Final = "closed by the peer: "
 # A connection heard from within this many of its peer's heartbeat intervals is alive: a
 # second process claiming its strategy is a duplicate, not the same node restarted.
 _ALIVE_HEARTBEATS: Final = 3
 _IDLE_HEARTBEATS: Final = 5  # a peer silent for this many of its heartbeat intervals is dead
+
+
+class CloseReason(enum.Enum):
+    """What kind of end a connection came to: what the node decides by (how loud the log
+    line is, whether a refusal is counted, how soon the connector redials)."""
+
+    DROPPED = "dropped"  # the peer went away or failed: EOF, reset, silence, an error
+    STOPPING = "stopping"  # this node stops
+    REPLACED = "replaced"  # a newer connection of the same strategy takes its place
+    DUPLICATE = "duplicate"  # refused: both nodes dialled, the other direction's is kept
+    SECOND_NODE = "second node"  # refused: another process claims a connected strategy
+    REFUSED = "refused"  # the peer said, in a Bye, why it refuses this node
+    PEER_STOPPED = "peer stopped"  # the peer said, in a Bye, that it stops
+
+
+@dataclass(frozen=True, slots=True)
+class Closing:
+    """Why a connection closed: its kind, and the text the logs show (``str()``)."""
+
+    kind: CloseReason
+    detail: str
+
+    def __str__(self) -> str:
+        return self.detail
+
+
+_STOPPING: Final = Closing(CloseReason.STOPPING, "node stopping")
+_PEER_STOPPED: Final = Closing(CloseReason.PEER_STOPPED, "the peer stopped")
 
 
 @dataclass(frozen=True)
@@ -147,7 +173,7 @@ class Connection:
         # Each frame goes out when written: no Nagle delay waiting for the peer's ACK.
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        # Mutex protecting the byte counts and _closed_reason (the send side's state).
+        # Mutex protecting the byte counts and _closing (the send side's state).
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         # Cumulative byte counts: queued, written, and the end of the last unbounded send.
@@ -161,7 +187,7 @@ class Connection:
         self._writing = False
         self._last_direct = 0.0  # when send() last wrote directly (monotonic)
         self._spoke = False  # our Hello is out: heartbeats may follow it
-        self._closed_reason: str | None = None
+        self._closing: Closing | None = None
         self._writer = threading.Thread(
             target=self._send_frames, name=f"send-{self.label}", daemon=True
         )
@@ -192,7 +218,7 @@ class Connection:
 
     @property
     def closed(self) -> bool:
-        return self._closed_reason is not None
+        return self._closing is not None
 
     @property
     def relays(self) -> bool:
@@ -269,7 +295,7 @@ class Connection:
         """
         size = len(data)
         with self._lock:
-            if self._closed_reason is not None:
+            if self._closing is not None:
                 return False
             limit = self._peer.limits.max_send_queue
             pending = self._enqueued - max(self._written, self._exempt_until)
@@ -318,33 +344,42 @@ class Connection:
         except OSError:
             return 0  # the writer meets the error on the rest, and reports it
 
-    def close(self, reason: str, *, flush: bool = False) -> None:
-        """Close the connection for ``reason`` (the first reason given is the one logged).
+    def close(self, reason: str | Closing, *, flush: bool = False) -> None:
+        """Close the connection for ``reason`` (the first reason given is the one logged); a
+        bare text is a connection dropped (``CloseReason.DROPPED``).
 
         With ``flush``, frames already queued are sent first; otherwise the socket is shut down
         at once, which wakes the reader's ``recv`` and the writer's ``sendall``. Idempotent.
         """
+        if isinstance(reason, str):
+            reason = Closing(CloseReason.DROPPED, reason)
         with self._lock:
-            if self._closed_reason is not None:
+            if self._closing is not None:
                 return
-            self._closed_reason = reason
+            self._closing = reason
             self._items += 1
             self._queue.put(_STOP)
         if not flush:
             self.shutdown()
 
-    def run(self) -> str:
+    def run(self) -> Closing:
         """Handshake, then read until the connection ends; return why it ended.
 
         Runs in the calling thread (an accepted connection's reader thread, or the connector
         that dialled it). Fires ACCEPTED or CONNECTED after the handshake, MESSAGE for each
         chunk of positions and SyncDone received, and CLOSED at the end if it was live.
         """
+        self._run()
+        assert self._closing is not None  # closed as the reader ended
+        return self._closing
+
+    def _run(self) -> str | Closing:
+        """The reader loop of ``run()``: why it ended (``_finish`` has closed the connection)."""
         peer = self._peer
         limits = peer.limits
         sock = self._sock
         protocol = self.protocol
-        reason = "closed"
+        reason: str | Closing = "closed"
         hello_deadline = time.monotonic() + limits.hello_timeout
         try:
             if isinstance(self._transport, TlsTransport):
@@ -384,7 +419,7 @@ class Connection:
                 if not data:
                     reason = "connection closed by the peer"
                     break
-                if self._closed_reason is not None:
+                if self._closing is not None:
                     break  # closed by another thread (replaced, too slow, stopping)
                 now = time.monotonic()
                 # Token bucket: refill for the time since the last read, then spend.
@@ -409,7 +444,10 @@ class Connection:
                 if bye is not None:
                     # The peer says why it closes: nothing it sent with it counts.
                     self.bye = bye
-                    reason = _BYE + bye_reason(bye)
+                    if bye.code == BYE_STOPPING:
+                        reason = _PEER_STOPPED
+                    else:
+                        reason = Closing(CloseReason.REFUSED, _BYE + bye_reason(bye))
                     break
                 for event in events:
                     if type(event) is Ready:
@@ -421,11 +459,11 @@ class Connection:
                         refusal = peer.register(self)
                         if refusal is not None:
                             # Flushed, so the other side reads our Hello and learns who we are.
-                            why, tell, code = refusal
+                            refused, tell, code = refusal
                             if tell:
                                 self.say_bye(tell, code)
-                            self.close(why, flush=True)
-                            reason = why
+                            self.close(refused, flush=True)
+                            reason = refused
                             return reason
                         self.ready = True
                         sock.settimeout(self._idle_timeout())
@@ -466,7 +504,7 @@ class Connection:
             reason = f"internal error: {exc!r}"
         finally:
             self._finish(reason)
-        return self._closed_reason or reason
+        return reason
 
     def _idle_timeout(self) -> float:
         """Silence tolerated: our idle timeout, or longer for a peer with a slower heartbeat."""
@@ -479,13 +517,15 @@ class Connection:
         if self._writer.ident is not None:
             self._writer.join(timeout)
 
-    def _finish(self, reason: str) -> None:
+    def _finish(self, reason: str | Closing) -> None:
         self.close(reason)
         self.join_writer()
         with contextlib.suppress(OSError):
             self._sock.close()
         peer = self._peer
-        final = self._closed_reason or reason
+        final = self._closing
+        assert final is not None  # closed just now, if not before
+        kind = final.kind
         peer.unregister(self, final)
         claimed = self.protocol.claimed
         # A name (and the address it gave) is the peer's claim until the handshake completes.
@@ -494,25 +534,27 @@ class Connection:
             self.name if proven else (f"{claimed!r} (claimed)" if claimed else "unidentified peer")
         )
         if self.ready:
-            # Routine ends (stopping, a connection replaced) are INFO; a loss is a WARNING.
-            level = "INFO" if peer.stopping or final.startswith(_REPLACED) else "WARNING"
-            connector = self.connector
-            if self.bye is not None and connector is not None:
+            # Routine ends (stopping, a connection replaced, the peer said it stops) are INFO;
+            # a loss is a WARNING.
+            routine = kind in (CloseReason.REPLACED, CloseReason.PEER_STOPPED)
+            level = "INFO" if peer.stopping or routine else "WARNING"
+            if kind is CloseReason.REFUSED and self.outbound:
                 # A refusal with a reason: said once by the connector, not at every redial.
                 level = "DEBUG"
             logger.log(level, "connection with {} at {} closed: {}", who, self.peer_address, final)
-            peer.dispatcher.fire(Event.CLOSED, self, final)
-        elif final != _STOPPING and not self.outbound:
+            peer.dispatcher.fire(Event.CLOSED, self, final.detail)
+        elif kind not in (CloseReason.STOPPING, CloseReason.PEER_STOPPED) and not self.outbound:
             # A dialled connection that failed is reported by its connector, once per change.
             # A refusal is counted even when the stop began since (its reader may finish
             # after the stop started): stop() joins the readers before it sums the unsaid.
             # Refusals of inbound connections are throttled: a named peer once a minute per
             # address and reason, anything unidentified once a minute per address, each
             # line saying how many like it went unsaid; the rest at DEBUG.
-            level = "INFO" if final.startswith(_DUPLICATE) else "WARNING"
-            key = (self.address[0], who, final) if claimed else (self.address[0], None, None)
+            level = "INFO" if kind is CloseReason.DUPLICATE else "WARNING"
+            detail = final.detail
+            key = (self.address[0], who, detail) if claimed else (self.address[0], None, None)
             # A second node of a connected name was already named in an ERROR (throttled).
-            unsaid = None if final.startswith(_SECOND_NODE) else peer.refusals.admit(key)
+            unsaid = None if kind is CloseReason.SECOND_NODE else peer.refusals.admit(key)
             if unsaid is None:
                 logger.debug("connection from {} at {} refused: {}", who, self.peer_address, final)
             else:

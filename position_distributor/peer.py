@@ -26,10 +26,9 @@ from typing import Final
 from loguru import logger
 
 from .connection import (
-    _DUPLICATE,
-    _REPLACED,
-    _SECOND_NODE,
     _STOPPING,
+    CloseReason,
+    Closing,
     Connection,
     Limits,
     _describe,
@@ -39,7 +38,7 @@ from .dispatcher import EventDispatcher
 from .links import Link, PeerStatus
 from .throttle import Throttle
 from .types import Position
-from .wire import BYE_DUPLICATE, encode_position
+from .wire import BYE_DUPLICATE, BYE_STOPPING, encode_position
 
 __all__ = ["Connection", "Limits", "Peer", "PeerStatus"]
 
@@ -54,8 +53,8 @@ class _Connector:
         self.port = port
         self.strategy: str | None = None  # learnt from the first Hello received there
         self.state = "not yet dialled"
-        self.refused = False  # the last attempt ended with the peer's Bye (a refusal)
-        self.refused_as_duplicate = False  # ... saying another node has this name
+        # The last attempt ended with the peer's Bye saying another node has this name.
+        self.refused_as_duplicate = False
         self.conn: Connection | None = None
         self.thread: threading.Thread | None = None
 
@@ -156,6 +155,9 @@ class Peer:
         with self._lock:
             conns = list(self._all)
         for conn in conns:
+            # Tell the peer (if it understands) that this is a stop, not a loss: it logs it
+            # calmly. Also mid-handshake: its end of the connection may be live already.
+            conn.say_bye(f"{self.name} is stopping", BYE_STOPPING)
             conn.close(_STOPPING, flush=True)
         deadline = time.monotonic() + flush_timeout
         for conn in conns:
@@ -258,7 +260,7 @@ class Peer:
             self._all.add(conn)
             return True
 
-    def register(self, conn: Connection) -> tuple[str, str, int] | None:
+    def register(self, conn: Connection) -> tuple[Closing, str, int] | None:
         """Make ``conn`` the live connection of its strategy; if refused, return why (for
         our log), what to tell the peer (if anything) and the ``Bye`` code. Called by the
         connection's reader when its handshake completes.
@@ -289,30 +291,30 @@ class Peer:
                 if hello.instance and instance and hello.instance != instance:
                     if not old.closed and silent < old.alive_for():
                         return self._second_node(conn, old, silent)
-                    why = f"{_REPLACED} {name} restarted (this one silent for {silent:.1f}s)"
+                    why = f"replaced by {name} restarted (this one silent for {silent:.1f}s)"
                 elif old.outbound != conn.outbound:
                     keep_outbound = self.name < name
                     if conn.outbound != keep_outbound:
                         dialler = self.name if keep_outbound else name
-                        return (
-                            f"{_DUPLICATE} {name}; keeping the connection dialled by {dialler}",
-                            "",
-                            0,
+                        duplicate = (
+                            f"already connected to {name}; keeping the connection dialled by"
+                            f" {dialler}"
                         )
-                    why = f"{_REPLACED} the connection dialled by {min(self.name, name)}"
+                        return Closing(CloseReason.DUPLICATE, duplicate), "", 0
+                    why = f"replaced by the connection dialled by {min(self.name, name)}"
                 elif old.listen_address != conn.listen_address and not old.closed:
                     # A peer of the first release (no instance id): a restarted peer comes
                     # back where it listened before; another address, while the first is
                     # still connected, is a second node with the same name.
                     self._say_second_node(name, old.listen_address, conn.listen_address)
-                    why = f"{_REPLACED} a connection from another node claiming {name}"
+                    why = f"replaced by a connection from another node claiming {name}"
                 else:
-                    why = f"{_REPLACED} a newer connection from {name}"
+                    why = f"replaced by a newer connection from {name}"
             self._live[name] = conn
             self._live_snapshot = tuple(self._live.values())
             self._changed.notify_all()
         if old is not None and why is not None:
-            old.close(why)
+            old.close(Closing(CloseReason.REPLACED, why))
         return None
 
     def _say_second_node(self, name: str, first: str, second: str) -> None:
@@ -330,7 +332,7 @@ class Peer:
 
     def _second_node(
         self, conn: Connection, old: Connection, silent: float
-    ) -> tuple[str, str, int]:
+    ) -> tuple[Closing, str, int]:
         """Why ``conn`` is refused: another process claims the strategy of the live ``old``,
         which keeps its place. Said in a throttled ERROR. Caller holds the registry lock."""
         name = conn.name
@@ -347,14 +349,14 @@ class Peer:
                 "dialled" if conn.outbound else "it dialled",
                 _more(unsaid, self.duplicates.interval),
             )
-        why = f"{_SECOND_NODE} {name} is already connected, from {old.listen_address}"
+        why = f"another node named {name} is already connected, from {old.listen_address}"
         tell = (
             f"{self.name} is already connected to another node named {name}, at"
             f" {old.listen_address}: give every node its own name"
         )
-        return why, tell, BYE_DUPLICATE
+        return Closing(CloseReason.SECOND_NODE, why), tell, BYE_DUPLICATE
 
-    def unregister(self, conn: Connection, reason: str) -> None:
+    def unregister(self, conn: Connection, reason: Closing) -> None:
         """Forget ``conn``, which ended for ``reason``; called by the connection as it ends."""
         with self._lock:
             self._all.discard(conn)
@@ -452,14 +454,14 @@ class Peer:
                         sock.close()
                         break
                     connector.conn = conn
-                    reason = conn.run()
+                    closing = conn.run()
                     connector.conn = None
-                    refused = conn.bye is not None and not self._stopping.is_set()
-                    connector.refused = conn.bye is not None
+                    reason = closing.detail
+                    refused = closing.kind is CloseReason.REFUSED
                     connector.refused_as_duplicate = (
-                        conn.bye is not None and conn.bye.code == BYE_DUPLICATE
+                        refused and conn.bye is not None and conn.bye.code == BYE_DUPLICATE
                     )
-                    if refused:
+                    if refused and not self._stopping.is_set():
                         # The peer said why it refuses us, even if the handshake completed: no
                         # quick redial, and said once, not at each attempt (at ERROR for a
                         # second node of one name: one of the two must not run).
@@ -472,13 +474,14 @@ class Peer:
                                 connector.label,
                                 reason,
                             )
-                    elif conn.ready:
+                    elif conn.ready or closing.kind is CloseReason.PEER_STOPPED:
                         backoff = limits.backoff_min
                         reported = ""
                         connector.state = f"disconnected ({reason})"
                     elif not self._stopping.is_set():
                         connector.state = f"refused ({reason})"
-                        if reported != "refused" and not reason.startswith(_DUPLICATE):
+                        duplicate = closing.kind is CloseReason.DUPLICATE
+                        if reported != "refused" and not duplicate:
                             reported = "refused"
                             logger.warning(
                                 "{} refused the connection: {}; will keep trying",

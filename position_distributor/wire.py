@@ -19,6 +19,7 @@ from .types import Position
 
 __all__ = [
     "BYE_DUPLICATE",
+    "BYE_STOPPING",
     "DEFAULT_MAX_FRAME_SIZE",
     "FEATURES",
     "FEATURE_BYE",
@@ -55,6 +56,7 @@ FEATURE_DIGEST: Final = 1  # Digest, RepairRequest, Repair
 FEATURE_BYE: Final = 2  # Bye
 FEATURES: Final = FEATURE_DIGEST | FEATURE_BYE  # what this release understands
 BYE_DUPLICATE: Final = 1  # Bye.code: another node of the same name is already connected
+BYE_STOPPING: Final = 2  # Bye.code: the sender stops (a graceful stop, not a failure)
 
 
 class WireError(Exception):

@@ -195,3 +195,54 @@ def test_printed_own_trade_survives_kill_9(cluster: Cluster) -> None:
     print(f"\nlast row printed before kill -9: {last_net} @ {last_ts}; stored: {stored}")
     node.type("AAPL 1")  # and trading goes on from the stored value
     node.wait_for_view({(S1, "AAPL"): stored[0] + 1})
+
+
+LEVEL = re.compile(r"^\S+ \S+ \| (\w+)\s*\|")
+
+
+def closed_lines(node: NodeProcess, peer: str, start: int = 0) -> list[tuple[str, str]]:
+    """(level, line) of each ``connection with PEER ... closed`` line ``node`` logged."""
+    lines = node.log_lines(f"connection with {peer} at ", start)
+    return [
+        (found[1] if (found := LEVEL.match(line)) else "?", line)
+        for line in lines
+        if " closed: " in line
+    ]
+
+
+def test_a_graceful_stop_is_logged_calmly_by_its_peers_and_a_crash_is_not(
+    cluster: Cluster,
+) -> None:
+    """A peer that stops gracefully is logged at INFO as stopped by each end (dialled or
+    accepted), with no WARNING; a peer killed with -9 is still a WARNING."""
+    s1 = cluster.add(S1, recovery_timeout=0)
+    s2 = cluster.add(S2, peers=[s1.port], recovery_timeout=0)
+    s1.wait_for_log(f"connected to {S2} at ")
+    s2.wait_for_log(f"connected to {S1} at ")
+    assert s2.stop() == 0  # the dialling node stops: the accepting one sees it
+    s1.wait_until(lambda n: closed_lines(n, S2), what=f"{S2}'s connection closed")
+    assert [level for level, _ in closed_lines(s1, S2)] == ["INFO"], closed_lines(s1, S2)
+    assert "closed: the peer stopped" in closed_lines(s1, S2)[0][1]
+
+    s1_mark = s1.mark().err
+    cluster.restart(S2)
+    s2.wait_for_log(f"connected to {S1} at ")
+    s1.wait_for_log(f"connected to {S2} at ", start=s1_mark)
+    assert s1.stop() == 0  # the accepting node stops: the dialling one sees it
+    s2.wait_until(lambda n: closed_lines(n, S1), what=f"{S1}'s connection closed")
+    assert [level for level, _ in closed_lines(s2, S1)] == ["INFO"], closed_lines(s2, S1)
+    assert "closed: the peer stopped" in closed_lines(s2, S1)[0][1]
+    s2.sync_stderr()
+    loud = [
+        line for line in s2.errors_since() if (found := LEVEL.match(line)) and found[1] != "INFO"
+    ]
+    assert loud == [], loud
+
+    cluster.restart(S1)
+    s1.wait_for_log(f"connected to {S2} at ")
+    s1_mark = s1.mark().err
+    s2.kill()  # a crash: no Bye, the socket just ends
+    s1.wait_until(lambda n: closed_lines(n, S2, s1_mark), what=f"{S2}'s connection lost")
+    [(level, line)] = closed_lines(s1, S2, s1_mark)
+    lost = ("closed: connection closed by the peer", "closed: connection reset by peer")
+    assert level == "WARNING" and line.rstrip().endswith(lost), line
