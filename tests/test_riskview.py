@@ -506,6 +506,65 @@ def test_a_stalled_reader_never_slows_the_node_and_is_resynced(
         node.stop()
 
 
+def test_without_a_live_stream_trades_never_wake_the_view_yet_the_api_is_exact(
+    tmp_path: Path, no_thread_leak: None
+) -> None:
+    """With --http and no page open, 300 trades wake the view's loop not once; the API and
+    /metrics read afterwards show every one of them (the view catches up when it is read)."""
+    node = _view_node(tmp_path)
+    try:
+        view = node.risk_view
+        assert view is not None
+        for i in range(300):
+            node.trade(f"S{i % 30}", 1.0).result(10)
+        assert view.hub.wakeups == 0
+        url = f"http://127.0.0.1:{node.http_port}"
+        body = request(url + "/api/positions").json()
+        assert {p["symbol"]: p["net_position"] for p in body} == {f"S{i}": 10.0 for i in range(30)}
+        assert _metrics(url)["pd_positions"][()] == 30
+        assert view.hub.wakeups == 0
+    finally:
+        node.stop()
+
+
+def test_a_live_stream_is_fed_at_most_once_per_interval_and_misses_nothing(
+    tmp_path: Path, no_thread_leak: None
+) -> None:
+    """With a stream open, a second of single trades (each waited for) wakes the view at most
+    once per hold-off interval, and the stream ends with every symbol's final position."""
+    node = _view_node(tmp_path)
+    try:
+        view = node.risk_view
+        assert view is not None
+        reader = _SseReader(node.http_port)
+        reader.read_until(lambda events: any(n == "snapshot" for n, _ in events))
+        nets: dict[str, float] = {}
+        started = time.monotonic()
+        i = 0
+        while time.monotonic() - started < 1.0:
+            symbol = f"P{i % 20}"
+            nets[symbol] = node.trade(symbol, 1.0).result(10).net_position
+            i += 1
+        took = time.monotonic() - started
+        seen: dict[str, float] = {}
+
+        def complete(events: list[tuple[str, str]]) -> bool:
+            for name, data in events:
+                if name in ("snapshot", "changes"):
+                    for _, symbol, net, _ in json.loads(data)["positions"]:
+                        seen[symbol] = net
+            return seen == nets
+
+        reader.read_until(complete)
+        reader.close()
+        assert i > 20, f"only {i} trades in a second"
+        assert 1 <= view.hub.wakeups <= took / view.hub.interval + 2
+        changes = sum(1 for name, _ in reader.events if name == "changes")
+        assert changes <= took / view.hub.interval + 2
+    finally:
+        node.stop()
+
+
 def test_stopping_closes_open_streams_within_a_second(tmp_path: Path, no_thread_leak: None) -> None:
     """Node.stop() with two open streams ends them (EOF at the client) within a second."""
     node = _view_node(tmp_path)

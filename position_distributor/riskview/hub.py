@@ -1,16 +1,21 @@
 """Hub: the risk view's mirror of the book in the asyncio loop, and its live streams.
 
-The engine publishes changes in its own threads; ``Feed`` (an engine subscriber) hands each
-batch to the loop through a janus queue with ``put_nowait`` and returns. ``Hub.run`` (a task
-in the loop) merges the batches into ``mirror`` with last-writer-wins, the book's own rule, so
-a snapshot and changes overlapping it merge to the same view in any order; then it offers the
-changes to every open ``Stream``. The hub never takes an engine lock in the loop: snapshots of
-the book are read in a worker thread (``asyncio.to_thread``).
+The engine publishes changes in its own threads; ``Feed`` (an engine subscriber) keeps them,
+coalesced per key, until the loop takes them, and wakes the loop at most once per take: the
+first change after a take puts one ``_READY`` on a janus queue (``put_nowait``, never blocks);
+the changes after it only replace an entry of a dictionary. ``Hub.run`` (a task in the loop)
+takes what the feed holds, merges it into ``mirror`` with last-writer-wins, the book's own rule,
+so a snapshot and changes overlapping it merge to the same view in any order; then it offers
+the changes to every open ``Stream`` and holds off ``interval`` seconds. So a busy engine costs
+the loop one wake-up per ``interval`` and a dictionary store per change, whatever the rate.
+While no live stream is open the feed is not armed and wakes nobody: the changes wait in it
+until a reader of the mirror (an API request, a scrape, a stream opening) calls ``catch_up``.
+The hub never takes an engine lock in the loop.
 
 Bounds, so a slow reader never slows the node:
 
-- the janus queue holds at most ``max_batches`` batches; beyond, the feed drops what comes
-  and asks for a resync (a fresh snapshot of the book, merged in);
+- the feed holds at most one position per key of the book (it is a dictionary), and the janus
+  queue at most one ``_READY`` and the final ``_END``;
 - each stream holds at most one pending change per key (coalesced) and at most
   ``max_pending`` keys; beyond, it drops them and is sent a fresh snapshot instead.
 """
@@ -21,46 +26,46 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable
 from typing import Any, Final
 
 import janus
-from loguru import logger
 
 from ..engine import Subscriber
 from ..types import Position
 
 __all__ = ["Feed", "Hub", "Stream"]
 
-_RESYNC: Final = "resync"  # the feed dropped batches: read the book again
+_READY: Final = "ready"  # the feed holds changes: take them
 _END: Final = "end"  # the engine stopped
 
 Key = tuple[str, str]
 
 
 class Feed(Subscriber):
-    """The engine's side of the bridge: never blocks, never grows beyond ``max_batches``."""
+    """The engine's side of the bridge: never blocks, holds at most one position per key."""
 
     every_change = False  # a burst of trades arrives conflated: the last position per symbol
 
-    def __init__(self, queue: janus.Queue[Any], max_batches: int) -> None:
+    def __init__(self, queue: janus.Queue[Any]) -> None:
         self._queue = queue
-        self._max = max_batches
-        # Mutex protecting _queued and _overflowed.
+        # Mutex protecting _pending, _signalled and _armed.
         self._lock = threading.Lock()
-        self._queued = 0
-        self._overflowed = False
+        # The changes not taken yet, the newest per key. The engine publishes under its
+        # publish lock, and only changes (each beats the book), so a later delivery of a key
+        # is always newer under last-writer-wins: a plain store keeps the newest.
+        self._pending: dict[Key, Position] = {}
+        self._signalled = False  # a _READY is queued and not taken yet
+        self._armed = False  # a live stream is open: wake the hub for each change
 
     def deliver(self, changes: list[Position]) -> None:
         with self._lock:
-            if self._overflowed:
+            pending = self._pending
+            for p in changes:
+                pending[(p.strategy, p.symbol)] = p
+            if self._signalled or not self._armed:
                 return
-            if self._queued >= self._max:
-                self._overflowed = True
-                self._put(_RESYNC)
-                return
-            self._queued += 1
-        self._put(changes)
+            self._signalled = True
+        self._put(_READY)
 
     def close(self) -> None:
         self._put(_END)
@@ -72,14 +77,27 @@ class Feed(Subscriber):
 
     # Loop side.
 
-    def taken(self) -> None:
+    def arm(self, armed: bool) -> None:
+        """Wake the hub for changes as they come (a live stream is open), or not (nobody
+        waits: changes wait in the feed until a reader takes them)."""
         with self._lock:
-            self._queued -= 1
+            self._armed = armed
+            if not armed or self._signalled or not self._pending:
+                return
+            self._signalled = True
+        self._put(_READY)
 
-    def resynced(self) -> None:
-        """The hub is about to read the book again: deliver changes from now on."""
+    @property
+    def armed(self) -> bool:
+        return self._armed
+
+    def take(self) -> list[Position]:
+        """The changes delivered since the last take (the newest per key); the next delivery
+        signals again."""
         with self._lock:
-            self._overflowed = False
+            pending, self._pending = self._pending, {}
+            self._signalled = False
+        return list(pending.values())
 
 
 class Stream:
@@ -90,9 +108,16 @@ class Stream:
         self.pending: dict[Key, Position] = {}
         self.needs_snapshot = True  # the first thing a stream sends is the whole view
         self.status_changed = True
+        self.ping_due = False
         self.closing = False
         self.wake = asyncio.Event()
+        self.last_sent = time.monotonic()  # when it last wrote (monotonic), for the pings
         self.resyncs = 0  # times it fell too far behind
+
+    @property
+    def due(self) -> bool:
+        """Whether there is something to write."""
+        return bool(self.needs_snapshot or self.pending or self.status_changed or self.ping_due)
 
     def offer(self, changes: list[Position]) -> None:
         if self.needs_snapshot or not changes:
@@ -106,9 +131,8 @@ class Stream:
             self.resyncs += 1
         self.wake.set()
 
-    def resync(self) -> None:
-        self.pending.clear()
-        self.needs_snapshot = True
+    def ping(self) -> None:
+        self.ping_due = True
         self.wake.set()
 
     def take(self) -> tuple[bool, list[Position], bool]:
@@ -118,7 +142,7 @@ class Stream:
             list(self.pending.values()),
             (self.status_changed),
         )
-        self.needs_snapshot = self.status_changed = False
+        self.needs_snapshot = self.status_changed = self.ping_due = False
         self.pending = {}
         self.wake.clear()
         return snapshot, ([] if snapshot else changes), status
@@ -140,7 +164,6 @@ class Hub:
         self,
         queue: janus.Queue[Any],
         feed: Feed,
-        read_book: Callable[[], list[Position]],
         *,
         max_pending: int = 20_000,
         interval: float = 0.1,
@@ -148,14 +171,13 @@ class Hub:
         self.interval = interval
         self._queue = queue
         self._feed = feed
-        self._read_book = read_book
         self.max_pending = max_pending
         self.mirror: dict[Key, Position] = {}
         self.version = 0  # bumped by every change to the mirror
         self.last_change: int | None = None  # the newest timestamp in the mirror (ns)
         self.changed_at: float | None = None  # time.time() the mirror last changed
         self.streams: set[Stream] = set()
-        self.resyncs = 0
+        self.wakeups = 0  # takes from the feed (for the tests and the benchmark)
         self.ended = asyncio.Event()
 
     def load(self, positions: list[Position]) -> None:
@@ -163,65 +185,60 @@ class Hub:
         self._merge(positions)
 
     async def run(self) -> None:
-        """Apply the feed's batches until the engine stops.
+        """Take the feed's changes until the engine stops.
 
-        After each wake-up the hub takes everything queued, then holds off for ``interval``
-        seconds: batches put meanwhile wait in the queue without waking the loop (janus
+        After each take the hub holds off for ``interval`` seconds: changes delivered meanwhile
+        wait in the feed, and their ``_READY`` in the queue, without waking the loop (janus
         notifies only a waiting reader), so a busy engine costs the loop at most
         1/``interval`` wake-ups a second, and a lone change after a quiet spell is applied at
         once.
         """
         queue = self._queue.async_q
+        feed = self._feed
         try:
             while True:
-                items = [await queue.get()]
-                while not queue.empty():
-                    items.append(queue.get_nowait())
-                if not await self._apply(items):
+                item = await queue.get()
+                self.wakeups += 1
+                changed = self._merge(feed.take())
+                if changed:
+                    for stream in self.streams:
+                        stream.offer(changed)
+                if item is _END:
                     break
                 await asyncio.sleep(self.interval)
         finally:
             self.ended.set()
 
-    async def _apply(self, items: list[Any]) -> bool:
-        """Apply a run of queued items; False once the engine has stopped."""
-        changed: list[Position] = []
-        for item in items:
-            if item is _END:
-                self._offer(changed)
-                return False
-            if item is _RESYNC:
-                self.resyncs += 1
-                logger.warning("risk view fell behind the engine: reading the book again")
-                self._feed.resynced()
-                positions = await asyncio.to_thread(self._read_book)
-                self._merge(positions)
-                for stream in self.streams:
-                    stream.resync()
-                changed = []
-                continue
-            self._feed.taken()
-            changed += self._merge(item)
-        self._offer(changed)
-        return True
-
-    def _offer(self, changed: list[Position]) -> None:
-        if changed:
-            for stream in self.streams:
-                stream.offer(changed)
+    def catch_up(self) -> None:
+        """Bring the mirror up to the book before it is read. With no live stream open, the
+        feed wakes nobody: the changes wait in it (one per key) until a reader comes; with a
+        stream open, the hub keeps the mirror within ``interval`` of the book by itself."""
+        if not self._feed.armed:
+            self._merge(self._feed.take())
 
     def open_stream(self) -> Stream:
+        self.catch_up()  # the stream's snapshot is taken from an up-to-date mirror
         stream = Stream(self.max_pending)
         self.streams.add(stream)
+        self._feed.arm(True)
         return stream
 
     def close_stream(self, stream: Stream) -> None:
         self.streams.discard(stream)
+        if not self.streams:
+            self._feed.arm(False)
 
     def status_changed(self) -> None:
         for stream in self.streams:
             stream.status_changed = True
             stream.wake.set()
+
+    def ping_idle(self, idle: float) -> None:
+        """Have every stream that has written nothing for ``idle`` seconds send a ping."""
+        since = time.monotonic() - idle
+        for stream in self.streams:
+            if stream.last_sent <= since:
+                stream.ping()
 
     def close_streams(self) -> None:
         for stream in list(self.streams):
@@ -229,6 +246,7 @@ class Hub:
 
     def positions(self, strategy: str | None = None, symbol: str | None = None) -> list[Position]:
         """The mirror's positions, sorted by strategy then symbol, optionally filtered."""
+        self.catch_up()
         return [
             p
             for _, p in sorted(self.mirror.items())
@@ -238,12 +256,14 @@ class Hub:
 
     def exposure(self) -> dict[str, float]:
         """Net position per symbol over every strategy, sorted by symbol."""
+        self.catch_up()
         totals: dict[str, float] = {}
         for p in self.mirror.values():
             totals[p.symbol] = totals.get(p.symbol, 0.0) + p.net_position
         return {symbol: totals[symbol] + 0.0 for symbol in sorted(totals)}
 
     def strategies(self) -> set[str]:
+        self.catch_up()
         return {strategy for strategy, _ in self.mirror}
 
     def _merge(self, positions: list[Position]) -> list[Position]:

@@ -40,11 +40,9 @@ if TYPE_CHECKING:
 
 __all__ = ["RiskView"]
 
-PING_INTERVAL: Final = 5.0  # seconds between keep-alive events on an idle stream
-MIN_SEND_INTERVAL: Final = 0.1  # seconds: a stream sends at most ten times a second
+PING_INTERVAL: Final = 5.0  # seconds of silence after which a stream is sent a keep-alive
 WRITE_TIMEOUT: Final = 10.0  # seconds a write to a stream may take before it is closed
 STATUS_INTERVAL: Final = 1.0  # seconds between looks at the peers and the node's state
-MAX_BATCHES: Final = 4096  # engine batches waiting for the hub before it resyncs instead
 MAX_PENDING: Final = 20_000  # keys waiting in one stream before it gets a snapshot instead
 MAX_BODY: Final = 16 * 1024  # bytes of a request body (only the login form has one)
 SESSION_COOKIE: Final = "pd_session"
@@ -192,8 +190,8 @@ class RiskView:
     async def start(self) -> None:
         """Subscribe to the engine, read the book, listen. Raises ``HttpError``."""
         queue: janus.Queue[Any] = janus.Queue()
-        feed = Feed(queue, MAX_BATCHES)
-        hub = Hub(queue, feed, self.engine.positions, max_pending=MAX_PENDING)
+        feed = Feed(queue)
+        hub = Hub(queue, feed, max_pending=MAX_PENDING)
         self._queue, self._feed, self._hub = queue, feed, hub
         self.engine.add_subscriber(feed)  # first: a change after the read below is not missed
         hub.load(await asyncio.to_thread(self.engine.positions))
@@ -344,7 +342,13 @@ class RiskView:
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events: ``snapshot`` (the whole view), then ``changes``, ``status``,
-        ``ping``. A stream that falls too far behind is sent a fresh ``snapshot``."""
+        ``ping``. A stream that falls too far behind is sent a fresh ``snapshot``.
+
+        Paced by the hub: it offers changes at most once per ``Hub.interval`` (a change after
+        a quiet spell at once), so a stream writes at most that often plus a status when it
+        changes. Waits on the stream's event alone: no timer per wait (the status task sends
+        the pings); a write is bounded by ``WRITE_TIMEOUT``.
+        """
         if self._stopping:
             raise web.HTTPServiceUnavailable(text="stopping")
         response = web.StreamResponse(
@@ -357,21 +361,13 @@ class RiskView:
         await response.prepare(request)
         hub = self.hub
         stream = hub.open_stream()
-        last_sent = 0.0
         try:
             await _write(response, b"retry: 1000\n\n")
             while not stream.closing:
-                if not (stream.needs_snapshot or stream.pending or stream.status_changed):
-                    try:
-                        await asyncio.wait_for(stream.wake.wait(), PING_INTERVAL)
-                    except TimeoutError:
-                        await _write(response, b"event: ping\ndata: {}\n\n")
-                        continue
-                    if stream.closing:
-                        break
-                wait = last_sent + MIN_SEND_INTERVAL - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)  # coalesce what arrives meanwhile
+                if not stream.due:
+                    stream.wake.clear()
+                    await stream.wake.wait()
+                    continue
                 snapshot, changes, status = stream.take()
                 parts = []
                 if status or snapshot:
@@ -387,9 +383,8 @@ class RiskView:
                         separators=(",", ":"),
                     )
                     parts.append(b"event: changes\ndata: " + data.encode() + b"\n\n")
-                if parts:
-                    await _write(response, b"".join(parts))
-                    last_sent = time.monotonic()
+                await _write(response, b"".join(parts) if parts else b"event: ping\ndata: {}\n\n")
+                stream.last_sent = time.monotonic()
         except (ConnectionError, TimeoutError, asyncio.CancelledError):
             pass  # the reader went away, stalled, or the server is stopping
         finally:
@@ -473,6 +468,7 @@ class RiskView:
         return web.json_response({"limits": dict(limits.limits), "default": limits.default})
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
+        self.hub.catch_up()  # pd_positions and pd_strategies count the mirror
         body = await asyncio.to_thread(self.metrics.render)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
@@ -505,6 +501,8 @@ class RiskView:
         while True:
             await asyncio.sleep(STATUS_INTERVAL)
             await self._refresh_status()
+            if self._hub is not None:
+                self._hub.ping_idle(PING_INTERVAL)
 
     async def _refresh_status(self) -> None:
         peers = await asyncio.to_thread(self.node.links)
@@ -579,8 +577,11 @@ class RiskView:
 
 
 async def _write(response: web.StreamResponse, data: bytes) -> None:
-    """Write to a stream; a reader that takes longer than WRITE_TIMEOUT is cut off."""
-    await asyncio.wait_for(response.write(data), WRITE_TIMEOUT)
+    """Write to a stream; a reader that takes longer than WRITE_TIMEOUT is cut off.
+
+    (``asyncio.timeout``, not ``wait_for``: no task per write.)"""
+    async with asyncio.timeout(WRITE_TIMEOUT):
+        await response.write(data)
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:
