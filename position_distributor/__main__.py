@@ -22,6 +22,7 @@ from .connection import Limits
 from .console import HELP, Command, ConsoleError, TradeCommand, parse_line, trades_of
 from .engine import DEFAULT_MAX_SYMBOLS
 from .helpformat import HelpFormatter
+from .limits import LOG_INTERVAL
 from .natslink import NatsSettings
 from .node import Config, Node, NodeError
 from .protocol import MAX_PEER_HEARTBEAT_MS
@@ -281,6 +282,15 @@ def _build_parser() -> argparse.ArgumentParser:
         " logs a WARNING and shows on the page and in the metrics; never refuses a trade;"
         " SIGHUP reloads it",
     )
+    view.add_argument(
+        "--limits-log-interval",
+        metavar="SECONDS",
+        type=float,
+        default=LOG_INTERVAL,
+        help=f"a symbol's breach and back-under lines are logged at most once per this many"
+        f" seconds (default {LOG_INTERVAL:g}); the last state is always logged when its"
+        " window ends",
+    )
     security = parser.add_argument_group(
         "security",
         "Without --secret-file or TLS, any process that can reach the port can read and write"
@@ -514,6 +524,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
                 insecure=args.insecure,
             ),
             limits_file=args.limits,
+            limits_log_interval=args.limits_log_interval,
         )
     except NodeError as exc:
         parser.error(str(exc))

@@ -22,6 +22,7 @@ from .engine import Subscriber
 from .types import Position, valid_symbol
 
 __all__ = [
+    "LOG_INTERVAL",
     "BreachLog",
     "LimitRow",
     "LimitTable",
@@ -126,14 +127,22 @@ class Crossing(NamedTuple):
 
 class BreachLog:
     """Which symbols are in breach, and which crossings to log: the first at once, then at most
-    one per ``interval`` seconds per symbol (the others are counted and mentioned). Pure."""
+    one per ``interval`` seconds per symbol (the others are counted and mentioned). Pure.
+
+    The log always ends in the true state: a crossing left unlogged by the throttle is said
+    when the symbol's window ends (``settle``), if the symbol's state then differs from the last
+    state logged, so a reader of the log never thinks a symbol is in breach when it is not
+    (or the reverse).
+    """
 
     def __init__(self, interval: float = LOG_INTERVAL) -> None:
         self.interval = interval
         self.breached: set[str] = set()
         self.crossings = 0  # crossings into breach, logged or not
         self._logged_at: dict[str, float] = {}
+        self._logged: dict[str, bool] = {}  # the state last logged (absent: within its limit)
         self._unlogged: dict[str, int] = {}
+        self._due: dict[str, float] = {}  # symbol -> when its window ends, with a crossing unsaid
 
     def update(
         self, symbol: str, exposure: float, limits: LimitTable, now: float, *, force: bool = False
@@ -151,16 +160,55 @@ class BreachLog:
         last = self._logged_at.get(symbol)
         if last is not None and now - last < self.interval and not force:
             self._unlogged[symbol] = self._unlogged.get(symbol, 0) + 1
+            self._due[symbol] = last + self.interval
             return None
+        return self._said(symbol, breached, exposure, limits, now, self._unlogged.pop(symbol, 0))
+
+    def due_at(self) -> float | None:
+        """When the first window with a crossing unsaid ends (``settle`` is due), or None."""
+        return min(self._due.values(), default=None)
+
+    def settle(
+        self, now: float, limits: LimitTable, exposures: Mapping[str, float]
+    ) -> list[Crossing]:
+        """The crossings to log now that their symbols' windows have ended: one per symbol
+        whose state differs from the last state logged, with the count of the others."""
+        said = []
+        for symbol, due in list(self._due.items()):
+            if due > now:
+                continue
+            del self._due[symbol]
+            breached = symbol in self.breached
+            if breached == self._logged.get(symbol, False):
+                continue  # back where the log left it: the count goes with the next line
+            unlogged = self._unlogged.pop(symbol, 1) - 1  # this line says the last of them
+            exposure = exposures.get(symbol, 0.0)
+            said.append(self._said(symbol, breached, exposure, limits, now, unlogged))
+        return said
+
+    def _said(
+        self,
+        symbol: str,
+        breached: bool,
+        exposure: float,
+        limits: LimitTable,
+        now: float,
+        unlogged: int,
+    ) -> Crossing:
         self._logged_at[symbol] = now
-        unlogged = self._unlogged.pop(symbol, 0)
+        self._logged[symbol] = breached
+        self._due.pop(symbol, None)
         return Crossing(symbol, breached, exposure, limits.limit(symbol), unlogged)
 
 
 def log_crossing(crossing: Crossing) -> None:
     """One WARNING for a breach, one INFO for a return within the limit."""
     symbol, breached, exposure, limit, unlogged = crossing
-    more = f" ({unlogged} more crossing(s) in the last minute not logged)" if unlogged else ""
+    more = (
+        f" ({unlogged} more crossing(s) since the last line about it not logged)"
+        if unlogged
+        else ""
+    )
     if breached:
         logger.warning(
             "limit breach: {} exposure {:.6f} is above its limit {:g}{}",
@@ -192,7 +240,12 @@ class LimitRow(NamedTuple):
 class LimitWatcher(Subscriber):
     """The firm's exposure per symbol, kept from the engine's published changes, checked
     against the limits on each change. Its ``deliver`` runs in the publishing thread and does
-    a few dictionary operations per change: it never blocks."""
+    a few dictionary operations per change: it never blocks.
+
+    A crossing left unsaid by the throttle is said when its symbol's window ends, by a thread
+    (``limits-log``) started the first time one is, which waits on a condition until the next
+    window ends (untimed while none is due); ``close()`` says what is left and joins it.
+    """
 
     every_change = False  # the last position of each symbol per batch is enough
 
@@ -205,12 +258,17 @@ class LimitWatcher(Subscriber):
         now: Callable[[], float] = time.monotonic,
     ) -> None:
         self._now = now
-        # Mutex protecting everything below (nets, exposure, limits, breach log).
+        # Mutex protecting everything below (nets, exposure, limits, breach log, the thread's
+        # state); its condition wakes the limits-log thread when a window is due sooner.
         self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._nets: dict[str, dict[str, float]] = {}  # symbol -> strategy -> net
         self._exposure: dict[str, float] = {}
         self.limits = limits
         self._log = BreachLog(interval)
+        self._thread: threading.Thread | None = None
+        self._waiting_for: float | None = None  # the window end the thread waits for
+        self._closed = False
         with self._lock:
             for p in positions:
                 self._nets.setdefault(p.symbol, {})[p.strategy] = p.net_position
@@ -223,6 +281,7 @@ class LimitWatcher(Subscriber):
 
     def deliver(self, changes: list[Position]) -> None:
         crossings = []
+        start = None
         with self._lock:
             touched: dict[str, None] = {}
             for p in changes:
@@ -232,11 +291,51 @@ class LimitWatcher(Subscriber):
                 crossing = self._check(symbol)
                 if crossing is not None:
                     crossings.append(crossing)
+            due = self._log.due_at()
+            if due is not None and due != self._waiting_for and not self._closed:
+                if self._thread is None:
+                    start = self._thread = threading.Thread(
+                        target=self.settle_crossings, name="limits-log", daemon=True
+                    )
+                else:
+                    self._cond.notify()
+        if start is not None:
+            start.start()
         for crossing in crossings:
             log_crossing(crossing)
 
     def close(self) -> None:
-        pass
+        """The engine stopped: say every crossing still unsaid, and end the limits-log thread."""
+        with self._lock:
+            self._closed = True
+            self._cond.notify()
+            thread = self._thread
+            crossings = self._log.settle(math.inf, self.limits, self._exposure)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        for crossing in crossings:
+            log_crossing(crossing)
+
+    def settle_crossings(self) -> None:
+        """Thread body: log each crossing left unsaid once its symbol's window ends."""
+        try:
+            while True:
+                with self._lock:
+                    while True:
+                        if self._closed:
+                            return
+                        due = self._log.due_at()
+                        left = None if due is None else due - self._now()
+                        if left is not None and left <= 0:
+                            break
+                        self._waiting_for = due
+                        self._cond.wait(left)
+                    self._waiting_for = None
+                    crossings = self._log.settle(self._now(), self.limits, self._exposure)
+                for crossing in crossings:
+                    log_crossing(crossing)
+        except Exception:  # a safety net: this branch should never run
+            logger.opt(exception=True).error("limits-log failed")
 
     # Readers.
 

@@ -25,7 +25,7 @@ from .aioloop import AioLoop
 from .connection import Limits
 from .dispatcher import EventDispatcher
 from .engine import DEFAULT_MAX_SYMBOLS, Engine, Output, Subscriber
-from .limits import LimitRow, LimitsError, LimitWatcher, load_limits
+from .limits import LOG_INTERVAL, LimitRow, LimitsError, LimitWatcher, load_limits
 from .links import LinkTransport
 from .peer import Peer, PeerStatus
 from .riskview.settings import HttpError, HttpSettings
@@ -85,6 +85,7 @@ class Config:
     nats: NatsSettings | None = None  # travel through a NATS JetStream bucket, not a mesh
     http: HttpSettings | None = None  # the risk view's web server (--http)
     limits_file: Path | None = None  # exposure limits, symbol,limit per line (--limits)
+    limits_log_interval: float = LOG_INTERVAL  # a symbol's crossings logged at most this often
     digest_interval: float = 2.0  # seconds between digests of own positions sent to peers
 
     @property
@@ -105,6 +106,8 @@ class Config:
             raise NodeError(f"invalid port {self.port}: expected 0-{MAX_PORT}")
         if self.recovery_timeout < 0:
             raise NodeError("recovery timeout must not be negative")
+        if not 0 < self.limits_log_interval <= 86_400:
+            raise NodeError("--limits-log-interval must be above 0 and at most 86400 seconds")
         if self.http is not None:
             try:
                 self.http.check()
@@ -360,7 +363,7 @@ class Node:
             raise NodeError(str(exc)) from exc
         stored = self._engine.positions()
         if limits is not None:
-            self._watcher = LimitWatcher(limits, stored)
+            self._watcher = LimitWatcher(limits, stored, interval=config.limits_log_interval)
             self._engine.add_subscriber(self._watcher)
         if config.http is not None:
             try:

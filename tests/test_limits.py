@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from hypothesis import strategies as st
 
 from position_distributor.limits import (
     BreachLog,
+    Crossing,
     LimitsError,
     LimitTable,
     LimitWatcher,
@@ -19,6 +22,7 @@ from position_distributor.limits import (
 )
 from position_distributor.types import Position
 
+from .procs import Cluster, NodeProcess
 from .waiting import capture_logs
 
 
@@ -116,6 +120,148 @@ def test_crossings_are_logged_at_most_once_a_minute_per_symbol() -> None:
     back = log.update("AAPL", 10.0, table, now=61.0)
     assert back is not None and not back.breached and back.unlogged == 2
     assert log.breached == {"MSFT"}
+
+
+def test_a_crossing_left_unsaid_is_said_when_the_window_ends() -> None:
+    """A back-under throttled within the minute is said when the symbol's minute ends, as the
+    last of the crossings unsaid; a flicker that ends where the log left it says nothing then,
+    and its count goes with the next line."""
+    table = parse_limits("AAPL,100\n")
+    log = BreachLog(interval=60.0)
+    assert log.update("AAPL", 150.0, table, now=0.0) is not None  # breach: said
+    assert log.due_at() is None
+    assert log.update("AAPL", 50.0, table, now=1.0) is None  # under
+    assert log.update("AAPL", 150.0, table, now=2.0) is None  # over
+    assert log.update("AAPL", 40.0, table, now=3.0) is None  # under
+    assert log.due_at() == 60.0
+    assert log.settle(59.9, table, {"AAPL": 40.0}) == []
+    [said] = log.settle(60.0, table, {"AAPL": 40.0})
+    assert (said.symbol, said.breached, said.exposure, said.unlogged) == ("AAPL", False, 40.0, 2)
+    assert log.due_at() is None
+    # A flicker back to the state logged last: nothing at the window's end.
+    assert log.update("AAPL", 150.0, table, now=70.0) is None  # over (within 60 s of 60)
+    assert log.update("AAPL", 10.0, table, now=71.0) is None  # under, as logged
+    assert log.settle(120.0, table, {"AAPL": 10.0}) == []
+    later = log.update("AAPL", 150.0, table, now=500.0)
+    assert later is not None and later.breached and later.unlogged == 2
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["AAPL", "MSFT"]),
+            st.sampled_from([-150.0, -50.0, 0.0, 50.0, 150.0]),
+            st.floats(min_value=0.0, max_value=30.0),
+        ),
+        max_size=60,
+    )
+)
+def test_the_log_always_ends_in_the_true_state(
+    steps: list[tuple[str, float, float]],
+) -> None:
+    """Whatever the exposures and their timing, once every window has ended the last line said
+    of each symbol is its true state, and no symbol is said twice within one interval."""
+    table = parse_limits("*,100\n")
+    log = BreachLog(interval=60.0)
+    exposures: dict[str, float] = {}
+    said: dict[str, list[tuple[float, bool]]] = {}
+    now = 0.0
+
+    def record(crossings: list[Crossing | None]) -> None:
+        for crossing in crossings:
+            if crossing is not None:
+                said.setdefault(crossing.symbol, []).append((now, crossing.breached))
+
+    for symbol, exposure, gap in steps:
+        now += gap
+        record(log.settle(now, table, exposures))
+        exposures[symbol] = exposure
+        record([log.update(symbol, exposure, table, now)])
+    while (due := log.due_at()) is not None:
+        now = max(now, due)
+        record(log.settle(now, table, exposures))
+    for symbol, exposure in exposures.items():
+        truth = abs(exposure) > 100
+        assert (said[symbol][-1][1] if symbol in said else False) == truth
+    for lines in said.values():
+        assert all(b[0] - a[0] >= 60.0 - 1e-9 for a, b in itertools.pairwise(lines)), lines
+
+
+def test_the_watcher_says_the_back_under_when_the_window_ends(no_thread_leak: None) -> None:
+    """With a 0.3 s window, a breach then a back-under right after: the WARNING at once, the
+    INFO when the window ends (from the limits-log thread), and close() ends that thread."""
+    watcher = LimitWatcher(parse_limits("AAPL,100\n"), [], interval=0.3)
+    try:
+        with capture_logs("INFO") as logs:
+            started = time.monotonic()
+            watcher.deliver([Position("s1", "AAPL", 150.0, 1)])
+            logs.wait_for_text("limit breach: AAPL")
+            watcher.deliver([Position("s1", "AAPL", 50.0, 2)])
+            assert watcher.breached == frozenset()
+            back = logs.wait_for_text("limit ok: AAPL", timeout=10)
+            assert time.monotonic() - started >= 0.3
+            assert back == "INFO limit ok: AAPL exposure 50.000000 is back within its limit 100"
+    finally:
+        watcher.close()
+
+
+def test_closing_says_a_crossing_still_unsaid(no_thread_leak: None) -> None:
+    """A back-under still inside its window when the engine stops is said by close()."""
+    watcher = LimitWatcher(parse_limits("AAPL,100\n"), [], interval=3600.0)
+    with capture_logs("INFO") as logs:
+        watcher.deliver([Position("s1", "AAPL", 150.0, 1)])
+        watcher.deliver([Position("s1", "AAPL", 50.0, 2)])
+        assert logs.lines_with("limit ok") == []
+        watcher.close()
+        assert logs.lines_with("limit ok") == [
+            "INFO limit ok: AAPL exposure 50.000000 is back within its limit 100"
+        ]
+
+
+def _limit_lines(node: NodeProcess, symbol: str) -> list[str]:
+    """The node's breach and back-under lines of ``symbol``, in order."""
+    lines = node.log_lines(f": {symbol} exposure")
+    return [line for line in lines if "limit breach" in line or "limit ok" in line]
+
+
+def test_a_node_logs_the_back_under_when_the_window_ends(cluster: Cluster, tmp_path: Path) -> None:
+    """A node with --limits-log-interval 2 flickers AAPL over, under, over, under: the breach
+    is logged at once, then, when the window ends, one INFO back-under that counts the two
+    crossings not logged; the log ends in the true state."""
+    limits = tmp_path / "limits.csv"
+    limits.write_text("AAPL,100\n")
+    node = cluster.add("s1", args=["--limits", str(limits), "--limits-log-interval", "2"])
+    net = 0.0
+    for quantity in (150, -100, 100, -100):  # 150 over, 50 under, 150 over, 50 under
+        net += quantity
+        node.type(f"AAPL {quantity}")
+        node.wait_for_view({("s1", "AAPL"): net})
+    line = node.wait_for_log("limit ok: AAPL", timeout=15)
+    assert "INFO" in line
+    assert line.rstrip("\n").endswith(
+        "AAPL exposure 50.000000 is back within its limit 100 (2 more crossing(s) since the"
+        " last line about it not logged)"
+    )
+    lines = _limit_lines(node, "AAPL")
+    assert len(lines) == 2 and "limit breach: AAPL exposure 150.000000" in lines[0]
+
+
+def test_a_node_stopping_inside_the_window_logs_the_true_state(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Over then under within the default minute, then the node stops: the back-under is
+    logged before it exits, so the log does not end in a breach."""
+    limits = tmp_path / "limits.csv"
+    limits.write_text("AAPL,100\n")
+    node = cluster.add("s1", args=["--limits", str(limits)])
+    node.type("AAPL 150")
+    node.wait_for_log("limit breach: AAPL")
+    node.type("AAPL -100")
+    node.wait_for_view({("s1", "AAPL"): 50.0})
+    assert node.stop() == 0
+    lines = _limit_lines(node, "AAPL")
+    assert len(lines) == 2
+    assert "INFO" in lines[1] and "limit ok: AAPL exposure 50.000000" in lines[1]
 
 
 def test_the_watcher_logs_a_warning_on_breach_and_info_on_return() -> None:
