@@ -15,7 +15,7 @@ The hub never takes an engine lock in the loop.
 Bounds, so a slow reader never slows the node:
 
 - the feed holds at most one position per key of the book (it is a dictionary), and the janus
-  queue at most one ``_READY`` and the final ``_END``;
+  queue only tokens: a ``_READY`` per take at most, and the final ``_END``;
 - each stream holds at most one pending change per key (coalesced) and at most
   ``max_pending`` keys; beyond, it drops them and is sent a fresh snapshot instead.
 """
