@@ -120,6 +120,30 @@ def test_a_peer_trade_appears_live_and_a_breach_is_highlighted(
         shutil.copyfile(shot, keep)
 
 
+def test_the_page_says_how_many_symbols_it_leaves_out_of_the_exposure(
+    cluster: Cluster, page: Any, tmp_path: Path
+) -> None:
+    """Over 601 symbols, the exposure table shows the 500 largest plus a small one in breach,
+    and says so ("Showing 501 of 601 symbols"); a filter finds a symbol left out."""
+    limits = tmp_path / "limits.csv"
+    limits.write_text("TINY,0.5\n")
+    desk = start_view_node(cluster, "desk", args=("--limits", str(limits)))
+    desk.type(*(f"S{i:03d} {i + 10}" for i in range(600)), "TINY 1")
+    desk.wait_until(lambda node: len(node.view) == 601, 60, "601 positions")
+    _open(page, http_url(desk))
+    page.wait_for_selector('#exposure tr.breach[data-symbol="TINY"]', timeout=LOAD_TIMEOUT)
+    count = "document.querySelectorAll('#exposure tbody tr').length"
+    assert page.evaluate(count) == 501
+    assert not page.query_selector('#exposure tr[data-symbol="S099"]')  # the largest left out
+    more = page.inner_text("#exposure-more")
+    assert more.startswith("Showing 501 of 601 symbols (the 500 largest and every breach)")
+    assert "filter by symbol to see the rest" in more
+    page.fill("#f-symbol", "S099")
+    page.wait_for_selector('#exposure tr[data-symbol="S099"]', timeout=LOAD_TIMEOUT)
+    assert page.evaluate(count) == 1
+    assert page.inner_text("#exposure-more") == ""
+
+
 def test_the_page_comes_back_after_the_node_restarts(cluster: Cluster, page: Any) -> None:
     """When the node stops the page keeps its rows and says so (reconnecting, then stale);
     when it is back the page resyncs by itself and shows new trades."""

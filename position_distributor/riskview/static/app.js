@@ -32,6 +32,8 @@
   const esc = (text) =>
     String(text).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
   const num = (x) => fmt.format(x);
+  const counter = new Intl.NumberFormat(undefined, { maximumFractionDigits: 0 });
+  const fmtCount = (n) => counter.format(n);
   const side = (x) => (x > 0 ? "long" : x < 0 ? "short" : "flat");
 
   function timeOfNs(ts) {
@@ -320,7 +322,9 @@
         `<td class="num net">${num(net)}</td><td class="side">${label}${breach ? " \u2013 LIMIT BREACH" : ""}</td>` +
         `<td class="num">${limit === null || limit === undefined ? "" : num(limit)}</td><td class="num used">${used}</td></tr>`;
     }).join("");
-    $("exposure-more").textContent = hidden ? `${hidden} smaller symbol(s) not shown: filter by symbol to see them` : "";
+    $("exposure-more").textContent = hidden ?
+      `Showing ${fmtCount(shown.length)} of ${fmtCount(rows.length)} symbols (the ` +
+      `${fmtCount(MAX_EXPOSURE_ROWS)} largest and every breach): filter by symbol to see the rest.` : "";
     // Strategies.
     const stale = staleStrategies();
     const names = [...totals.keys()].sort(compareKeys);
