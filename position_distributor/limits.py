@@ -335,7 +335,7 @@ class LimitWatcher(Subscriber):
                 for crossing in crossings:
                     log_crossing(crossing)
         except Exception:  # a safety net: this branch should never run
-            logger.opt(exception=True).error("limits-log failed")
+            logger.opt(exception=True).error("limits-log thread failed")
 
     # Readers.
 
