@@ -484,6 +484,23 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
             tls_cert=args.nats_tls_cert,
             tls_key=args.nats_tls_key,
         )
+    if args.nats is None:
+        given = [
+            flag
+            for flag, value in (
+                ("--nats-create-bucket", args.nats_create_bucket or None),
+                ("--nats-user", args.nats_user),
+                ("--nats-password-file", args.nats_password_file),
+                ("--nats-nkey", args.nats_nkey),
+                ("--nats-creds", args.nats_creds),
+                ("--nats-tls-ca", args.nats_tls_ca),
+                ("--nats-tls-cert", args.nats_tls_cert),
+                ("--nats-tls-key", args.nats_tls_key),
+            )
+            if value is not None
+        ]
+        if given:
+            parser.error(f"{given[0]} needs --nats (a mesh node does not use it)")
     if args.http is None and (args.http_token_file or args.http_tls_cert or args.http_tls_key):
         parser.error("--http-token-file, --http-tls-cert and --http-tls-key need --http")
     limits = Limits(

@@ -276,12 +276,15 @@ def test_a_server_without_jetstream_is_refused(tmp_path: Path) -> None:
         (["--nats", "nats://127.0.0.1:4222", "--relay"], "--nats replaces the mesh: drop --relay"),
         (["--nats", "http://x:1"], "invalid NATS URL"),
         (["--nats", "127.0.0.1:1"], "cannot connect to NATS at nats://127.0.0.1:1"),
+        (["12345", "--nats-creds", "s1.creds"], "--nats-creds needs --nats"),
+        (["12345", "--nats-user", "s1"], "--nats-user needs --nats"),
     ],
 )
 def test_mixing_nats_and_the_mesh_is_an_error(
     tmp_path: Path, args: list[str], message: str
 ) -> None:
-    """--nats with a PORT, peers or mesh-only flags, or a bad URL: one clear line, exit 2."""
+    """--nats with a PORT, peers or mesh-only flags, a bad URL, or a NATS flag on a mesh
+    node: one clear line, exit 2."""
     result = run_cli("s1", *args, "--data-dir", str(tmp_path))
     assert result.returncode == 2
     assert message in result.stderr
