@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 import threading
 import time
 from collections.abc import Callable
@@ -57,6 +58,8 @@ _REFUSED_SHOWN: Final = 5  # trades named in the error line of a refused batch
 # stamped by a clock that ran ahead (in this node's past), not by a live node: see _learn_own.
 _MAX_CLOCK_SKEW_NS: Final = 60 * 10**9
 _CLOSED: Final = object()  # put on the positions queue after a connection's last message
+_POSITION_TYPE: Final = {Position}
+_STRATEGY_OF: Final = operator.itemgetter(0)
 _SHOWN: Final = 5  # repaired positions named in the log line of a repair
 # What to do about an own position a peer sent back that this node did not write.
 _NOT_OURS: Final = (
@@ -628,8 +631,25 @@ class Engine:
             with self._book_lock:
                 apply = book.apply
                 count = book.count
+                merge_many = book.merge_many
                 for link, messages in batch:
                     repairing = repairs.get(link) if repairs else None
+                    peer = link.name
+                    if (
+                        repairing is None
+                        and peer is not None
+                        and peer != name
+                        and count(peer) + len(messages) <= max_symbols
+                        and {*map(type, messages)} == _POSITION_TYPE
+                        and all(map(peer.__eq__, map(_STRATEGY_OF, messages)))
+                    ):
+                        # The common batch: the peer's own positions, none of which can reach
+                        # the symbol cap: merged together.
+                        merged = merge_many(peer, messages)
+                        changes += merged
+                        if relay:
+                            relayed += [(position, link) for position in merged]
+                        continue
                     for message in messages:
                         if type(message) is Position:
                             if repairing is not None and message.strategy == link.name:

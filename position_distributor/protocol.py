@@ -33,12 +33,17 @@ not ask for a heartbeat slower than a minute.
 from __future__ import annotations
 
 import enum
+import math
+import operator
+import re
 from collections.abc import Callable
 from typing import Final, NamedTuple
 
 from . import auth
 from .types import (
+    MAX_SYMBOL_LENGTH,
     MAX_TIMESTAMP,
+    SYMBOL_CHARS,
     Position,
     invalid_position_reason,
     valid_strategy,
@@ -61,6 +66,7 @@ from .wire import (
     WireError,
     encode,
     parse_many,
+    parse_positions,
 )
 
 __all__ = [
@@ -78,6 +84,12 @@ __all__ = [
 # verified) its frames may be this large at most: a Hello or an Auth takes well under 200
 # bytes, so a stranger cannot make the node buffer more than this before it is known.
 MAX_FIRST_FRAME: Final = 4096
+# Valid symbols, each followed by a newline: a whole read's symbols checked in one call.
+_SYMBOL_LINES: Final = re.compile(rf"(?:[{SYMBOL_CHARS}]{{1,{MAX_SYMBOL_LENGTH}}}\n)*")
+_STRATEGY_OF: Final = operator.itemgetter(0)
+_SYMBOL_OF: Final = operator.itemgetter(1)
+_NET_OF: Final = operator.itemgetter(2)
+_TIMESTAMP_OF: Final = operator.itemgetter(3)
 # The slowest heartbeat a peer may announce (the node's own --heartbeat has the same bound):
 # silence is judged over 5 of the peer's intervals, so this bounds how long a silent
 # connection is kept.
@@ -109,6 +121,10 @@ class State(enum.Enum):
     SYNC = "syncing"
     LIVE = "live"
     CLOSED = "closed"
+
+
+# The states in which the peer sends its own positions, each taken as it is if valid.
+_POSITIONS_STATES: Final = frozenset({State.SYNC, State.LIVE})
 
 
 class Ready(NamedTuple):
@@ -231,6 +247,12 @@ class Protocol:
             )
         try:
             payloads = self._decoder.feed(data)
+            if self.state in _POSITIONS_STATES:
+                # The common read once live (or syncing): nothing but the peer's own positions,
+                # checked together (what the rules below check of each, one at a time).
+                positions = parse_positions(payloads)
+                if positions is not None and self._own_and_valid(positions):
+                    return positions  # type: ignore[return-value]
             events: list[Event] = []
             state = None
             rules: dict[type, _Rule] = {}
@@ -253,6 +275,25 @@ class Protocol:
         except RemoteProtocolError:
             self.state = State.CLOSED
             raise
+
+    def _own_and_valid(self, positions: list[Position]) -> bool:
+        """Whether every one of ``positions`` is the peer's own and valid, as
+        ``_on_live_position`` and ``_on_sync_position`` would each find it: checked by C
+        loops over the whole list (False may only mean: check them one at a time)."""
+        if not positions:
+            return True
+        peer = self.peer
+        if peer is None:
+            return False
+        return (
+            all(map(peer.strategy.__eq__, map(_STRATEGY_OF, positions)))
+            # A sum of finite numbers may overflow (then one at a time): an infinite or NaN
+            # term always makes the sum so.
+            and math.isfinite(sum(map(_NET_OF, positions)))
+            and min(map(_TIMESTAMP_OF, positions)) > 0
+            and max(map(_TIMESTAMP_OF, positions)) <= MAX_TIMESTAMP
+            and _SYMBOL_LINES.fullmatch("\n".join(map(_SYMBOL_OF, positions)) + "\n") is not None
+        )
 
     # Rules: one method per (state, message) pair that is allowed.
 

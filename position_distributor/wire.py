@@ -6,8 +6,10 @@ big-endian length followed by a serialized ``Envelope`` (see ``protos/position.p
 
 from __future__ import annotations
 
+import functools
+import operator
 import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
@@ -45,6 +47,7 @@ __all__ = [
     "frame",
     "parse",
     "parse_many",
+    "parse_positions",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -347,30 +350,58 @@ def parse_many(payloads: list[bytes]) -> Iterator[Message]:
     to protobuf; anything else, or a run that does not parse, goes through ``parse``.
     """
     run: list[bytes] = []
-    new = tuple.__new__
     for payload in payloads:
         size = len(payload)
         if 2 < size < 130 and payload[0] == _POSITION_TAG and payload[1] == size - 2:
             run.append(payload)
             continue
         if run:
-            yield from _parse_run(run, new)
+            yield from _parse_run(run)
             run = []
         yield parse(payload)
     if run:
-        yield from _parse_run(run, new)
+        yield from _parse_run(run)
 
 
-def _parse_run(run: list[bytes], new: Callable[..., Position]) -> Iterator[Message]:
+def parse_positions(payloads: list[bytes]) -> list[Position] | None:
+    """The positions of ``payloads`` if each is exactly one position, as ``parse_many`` yields
+    them, parsed in one call to protobuf; None if any is something else or the run does not
+    parse (then ``parse_many`` says which). The receiver's path for a read of live updates.
+    """
+    for payload in payloads:
+        size = len(payload)
+        if not (2 < size < 130 and payload[0] == _POSITION_TAG and payload[1] == size - 2):
+            return None
+    try:
+        return _positions_of(_PositionRun.FromString(b"".join(payloads)).position)
+    except DecodeError:
+        return None
+
+
+# A parsed SymbolPos's fields in a Position's order, and a tuple of them made a Position: both
+# called by map() over a run, so that converting a run costs no Python code per position.
+_FIELDS: Final = operator.attrgetter("strategy_name", "symbol", "net_position", "timestamp")
+_AS_POSITION: Final = functools.partial(tuple.__new__, Position)
+_NET: Final = operator.itemgetter(2)
+
+
+def _positions_of(parsed: Iterable[Any]) -> list[Position]:
+    """Positions of parsed ``SymbolPos`` messages; a net of -0.0 is spelt 0.0 (they compare
+    equal but print differently), so equal positions always print alike."""
+    positions = list(map(_AS_POSITION, map(_FIELDS, parsed)))
+    if 0.0 in map(_NET, positions):  # rare: only then look for -0.0 among the zeros
+        positions = [p if p[2] != 0.0 else p._replace(net_position=0.0) for p in positions]
+    return positions
+
+
+def _parse_run(run: list[bytes]) -> Iterator[Message]:
     try:
         parsed = _PositionRun.FromString(b"".join(run)).position
     except DecodeError:
         for payload in run:  # says which one, after the ones before it
             yield parse(payload)
         return
-    for p in parsed:
-        # Adding 0.0 turns -0.0 into 0.0, so equal positions always print alike.
-        yield new(Position, (p.strategy_name, p.symbol, p.net_position + 0.0, p.timestamp))
+    yield from _positions_of(parsed)
 
 
 class Decoder:

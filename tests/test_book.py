@@ -223,6 +223,23 @@ def test_apply_says_exactly_when_the_entry_changed(batch: list[Position]) -> Non
         assert changed is (before != after)
 
 
+@given(st.lists(updates, max_size=20), st.lists(updates, max_size=20))
+def test_merge_many_is_apply_of_each(before: list[Position], batch: list[Position]) -> None:
+    """``merge_many`` of one strategy's positions leaves the book, and its digest, as
+    ``apply`` of each in turn does, and returns exactly the ones that changed it, as stored."""
+    batch = [p._replace(strategy="s1") for p in batch]
+    one_by_one, together = Book(before), Book(before)
+    changed = [
+        one_by_one.get("s1", p.symbol) for p in batch if one_by_one.apply(p)
+    ]  # the entry each change left
+    merged = together.merge_many("s1", batch)
+    assert list(map(spelled, merged)) == list(map(spelled, changed))
+    assert sorted(map(spelled, together)) == sorted(map(spelled, one_by_one))
+    for strategy in ("s1", "s2", "s3"):
+        assert together.digest(strategy) == one_by_one.digest(strategy)
+    assert together.digest("s1") == recomputed(together, "s1")
+
+
 @given(st.lists(updates, max_size=20), st.data())
 def test_exposure_does_not_depend_on_arrival_order(
     batch: list[Position], data: st.DataObject

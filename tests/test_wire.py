@@ -35,6 +35,7 @@ from position_distributor.wire import (
     frame,
     parse,
     parse_many,
+    parse_positions,
 )
 
 SEED_TS = 1742308549773254000
@@ -400,6 +401,49 @@ def test_parse_many_is_parse_of_each(payloads: list[bytes]) -> None:
     parsing each does: the same messages in order, and the same error at the same place."""
     # Compared by repr: a garbage position may carry a NaN, which equals nothing.
     assert repr(_parsed_together(payloads)) == repr(_parsed_one_by_one(payloads))
+
+
+_payload_lists = st.lists(
+    st.one_of(
+        messages.map(lambda m: encode(m)[HEADER_SIZE:]),
+        positions.map(lambda p: encode_position(p)[HEADER_SIZE:]),
+        st.tuples(positions, st.integers(0, 300), st.integers(0, 300)).map(
+            lambda t: _mangled(encode_position(t[0])[HEADER_SIZE:], t[1], t[2])
+        ),
+        st.binary(max_size=40).map(lambda b: bytes((0x32, len(b))) + b),
+    ),
+    max_size=12,
+)
+
+
+@given(
+    st.one_of(
+        _payload_lists,
+        st.lists(positions, max_size=12).map(
+            lambda ps: [encode_position(p)[HEADER_SIZE:] for p in ps]
+        ),
+    )
+)
+def test_parse_positions_is_parse_many_or_nothing(payloads: list[bytes]) -> None:
+    """Whenever ``parse_positions`` answers, it is what parsing each payload gives, all
+    positions (-0.0 spelt 0.0 alike); it declines (None) anything else or what does not
+    parse."""
+    together = parse_positions(payloads)
+    each, error = _parsed_one_by_one(payloads)
+    if error is not None or any(type(m) is not Position for m in each):
+        assert together is None
+    if together is not None:
+        assert repr(together) == repr(each)
+
+
+def test_parse_positions_of_a_burst() -> None:
+    """A read of many position frames, -0.0 among them, parses to the positions sent."""
+    sent = [Position("s", f"S{i}", float(i % 7) - 3.0, 2**60 + i) for i in range(300)]
+    sent.append(Position("s", "Z", -0.0, 2**60))
+    payloads = Decoder().feed(b"".join(map(encode_position, sent)))
+    got = parse_positions(payloads)
+    assert got == sent
+    assert got is not None and repr(got[-1].net_position) == "0.0"
 
 
 @given(st.lists(messages, max_size=8), st.lists(st.integers(min_value=0), max_size=12))
