@@ -139,7 +139,7 @@ class Book:
     ) -> list[Position | Refused]:
         """Apply the owner's own trades, in order: each (its symbol, its quantity, and anything
         after them, ignored) adds its quantity to ``strategy``'s
-        position in its symbol, stamped ``clock.next()``. Returns, for each trade, the
+        position in its symbol, stamped by ``clock.next_many()``. Returns, for each trade, the
         position it produced, or why it was refused (a result that is not finite, or a new
         symbol once the strategy holds ``max_symbols``), which changes nothing.
 
@@ -147,28 +147,33 @@ class Book:
         clock only goes forward), so it replaces it without a merge.
         """
         own = self.symbols(strategy)
-        stamp = clock.next
+        get = own.get
+        trades = trades if isinstance(trades, list) else list(trades)
         new = tuple.__new__  # Position(...) without NamedTuple's slower __new__
         results: list[Position | Refused] = []
         append = results.append
         previous: dict[str, Position | None] = {}  # each changed symbol's entry before
-        for trade in trades:
+        room = max_symbols - len(own)  # new symbols the strategy may still take
+        # The batch is stamped as of its start (one clock reading): a refused trade's
+        # timestamp is left unused.
+        for trade, timestamp in zip(trades, clock.next_many(len(trades)), strict=True):
             symbol = trade[0]
-            quantity = trade[1]
-            current = own.get(symbol)
+            current = get(symbol)
             if current is not None:
-                net = current[2] + quantity + 0.0  # + 0.0: never -0.0
-            elif len(own) < max_symbols:
-                net = quantity + 0.0
+                net = current[2] + trade[1] + 0.0  # + 0.0: never -0.0
+            elif room > 0:
+                net = trade[1] + 0.0
             else:
                 append(Refused.MAX_SYMBOLS)
                 continue
             if net - net != 0.0:  # inf or nan: not finite
                 append(Refused.OVERFLOW)
                 continue
+            if current is None:
+                room -= 1
             if symbol not in previous:
                 previous[symbol] = current
-            own[symbol] = position = new(Position, (strategy, symbol, net, stamp()))
+            own[symbol] = position = new(Position, (strategy, symbol, net, timestamp))
             append(position)
         self.rehash(strategy, previous)  # the digest: two hashes per symbol changed
         return results

@@ -33,6 +33,15 @@ class Clock:
         self._last = ts
         return ts
 
+    def next_many(self, count: int) -> range:
+        """Return ``count`` timestamps, increasing, each greater than every one before them:
+        ``next()`` once, then the nanoseconds after it (a batch is stamped as of its start)."""
+        if count <= 0:
+            return range(0)
+        first = self.next()
+        self._last = first + count - 1
+        return range(first, first + count)
+
     def observe(self, ts: int) -> None:
         """Never hand out a timestamp at or below ``ts`` from now on."""
         if ts > self._last:

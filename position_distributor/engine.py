@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from itertools import repeat
-from typing import IO, Any, Final, NamedTuple
+from typing import IO, Any, Final, NamedTuple, cast
 
 from loguru import logger
 
@@ -36,7 +36,7 @@ from .consumer import Consumer
 from .dispatcher import Event, EventDispatcher
 from .links import Link, LinkTransport
 from .stats import Stats
-from .store import JournalEntry, SnapshotInfo, Store, StoreError
+from .store import JournalEntry, SnapshotInfo, Store, StoreError, TradeRow
 from .types import Position, format_rows
 from .wire import Digest, Repair, RepairRequest, SyncDone
 
@@ -60,6 +60,10 @@ _MAX_CLOCK_SKEW_NS: Final = 60 * 10**9
 _CLOSED: Final = object()  # put on the positions queue after a connection's last message
 _POSITION_TYPE: Final = {Position}
 _STRATEGY_OF: Final = operator.itemgetter(0)
+_SYMBOL_OF: Final = operator.itemgetter(1)
+_NET_OF: Final = operator.itemgetter(2)
+_TIMESTAMP_OF: Final = operator.itemgetter(3)
+_QUANTITY_OF: Final = operator.itemgetter(1)  # of a trade: (symbol, quantity, ...)
 _SHOWN: Final = 5  # repaired positions named in the log line of a repair
 # What to do about an own position a peer sent back that this node did not write.
 _NOT_OURS: Final = (
@@ -131,6 +135,10 @@ class _Publication:
     journal: list[JournalEntry] = dataclasses.field(default_factory=list)
     bases: list[Position] = dataclasses.field(default_factory=list)
     trade_ids: list[tuple[str, int]] = dataclasses.field(default_factory=list)
+    # Own trades applied at ``applied_at``: the store journals them and derives the own
+    # positions from them (``stored`` then goes to the subscribers only).
+    trades: list[TradeRow] = dataclasses.field(default_factory=list)
+    applied_at: int = 0
 
 
 class _Repairing:
@@ -428,30 +436,44 @@ class Engine:
                         waiting.append((future, trade_id) if future or trade_id else None)
             with self._book_lock:
                 results = self._book.trade_many(name, orders, self._clock, self._max_symbols)
-            journal: list[JournalEntry] = []
-            latest: dict[str, Position] = {}
             trade_ids: list[tuple[str, int]] = []
-            new = tuple.__new__  # JournalEntry(...) without NamedTuple's slower __new__
-            for trade, result, extra in zip(
-                orders, results, repeat(None) if waiting is None else waiting, strict=False
-            ):
-                symbol = trade[0]
-                quantity = trade[1]
-                if type(result) is not Position:
-                    future = None if extra is None else extra[0]
-                    self._refuse(future, futures, self._refusal(result, symbol, quantity))
-                    continue
-                latest[symbol] = result
-                journal.append(
-                    new(JournalEntry, (now_ns, symbol, quantity, result[2], result[3], "trade"))
+            if waiting is None and {*map(type, results)} == _POSITION_TYPE:
+                # The common batch (a burst typed at the console): every trade applied, none
+                # with a future or an ID; its journal rows and last positions built by C loops.
+                applied = cast(list[Position], results)
+                trades: list[TradeRow] = list(
+                    zip(
+                        map(_SYMBOL_OF, applied),
+                        map(_QUANTITY_OF, orders),
+                        map(_NET_OF, applied),
+                        map(_TIMESTAMP_OF, applied),
+                        strict=True,
+                    )
                 )
-                if extra is not None:
-                    future, trade_id = extra
-                    if future is not None:
-                        futures.append((future, result))
-                    if trade_id is not None:
-                        trade_ids.append((trade_id, result[3]))
-            applied = [result for result in results if type(result) is Position]
+                latest: dict[str, Position] = dict(
+                    zip(map(_SYMBOL_OF, applied), applied, strict=True)
+                )
+            else:
+                trades = []
+                latest = {}
+                for trade, result, extra in zip(
+                    orders, results, repeat(None) if waiting is None else waiting, strict=False
+                ):
+                    symbol = trade[0]
+                    quantity = trade[1]
+                    if type(result) is not Position:
+                        future = None if extra is None else extra[0]
+                        self._refuse(future, futures, self._refusal(result, symbol, quantity))
+                        continue
+                    latest[symbol] = result
+                    trades.append((symbol, quantity, result[2], result[3]))
+                    if extra is not None:
+                        future, trade_id = extra
+                        if future is not None:
+                            futures.append((future, result))
+                        if trade_id is not None:
+                            trade_ids.append((trade_id, result[3]))
+                applied = [result for result in results if type(result) is Position]
             for index, trade in repeats:
                 result = results[index]
                 self._replayed(
@@ -476,14 +498,15 @@ class Engine:
                         stored=stored,
                         broadcast=stored,
                         rows=format_rows(applied),
-                        journal=journal,
+                        trades=trades,
+                        applied_at=now_ns,
                         trade_ids=trade_ids,
                     )
                 )
             except StoreError as exc:
                 self._put_back([(name, symbol) for symbol in latest])
-                futures = self._refuse_batch(journal, futures, exc)
-                self.stats.refused += len(journal)
+                futures = self._refuse_batch(trades, futures, exc)
+                self.stats.refused += len(trades)
             else:
                 self._count_trades([(arrived, n) for arrived, n in counts if n])
         for future, outcome in futures:
@@ -533,20 +556,20 @@ class Engine:
 
     def _refuse_batch(
         self,
-        journal: list[JournalEntry],
+        trades: list[TradeRow],
         futures: list[tuple[Future[Any], Position | TradeError | None]],
         exc: StoreError,
     ) -> list[tuple[Future[Any], Position | TradeError | None]]:
         """The store could not commit these trades (already taken back out of the book):
         say so on the error stream, and fail their futures. Caller holds the publish lock."""
         cause = str(exc.__cause__ or exc)
-        shown = ", ".join(f"{entry[1]} {entry[2]:g}" for entry in journal[:_REFUSED_SHOWN])
-        more = len(journal) - _REFUSED_SHOWN
+        shown = ", ".join(f"{trade[0]} {trade[1]:g}" for trade in trades[:_REFUSED_SHOWN])
+        more = len(trades) - _REFUSED_SHOWN
         self._err.write(
-            f"error: {len(journal)} trade(s) refused, not stored: {shown}"
+            f"error: {len(trades)} trade(s) refused, not stored: {shown}"
             f"{f' and {more} more' if more > 0 else ''} ({cause})\n"
         )
-        self._store_failed(exc, f"{len(journal)} trade(s)")
+        self._store_failed(exc, f"{len(trades)} trade(s)")
         return [
             (future, TradeNotStored(f"{result.symbol} not stored: {cause}"))
             if isinstance(result, Position)
@@ -842,7 +865,8 @@ class Engine:
         Raises ``StoreError`` (before anything is sent or printed) if the commit fails.
 
         ``changes`` go to subscribers and are printed (unless ``rows`` is given) and stored
-        (unless ``stored`` is given). ``broadcast`` (own positions) goes to every peer; with
+        (unless ``stored`` is given; with ``trades``, the store journals them and takes the
+        own positions from them). ``broadcast`` (own positions) goes to every peer; with
         relay, each of ``relayed`` (a change received from a connection) goes to every
         relaying peer but the one it came from and its owner. Only changes are sent, so
         relaying stops by itself.
@@ -853,13 +877,16 @@ class Engine:
             return
         # The clock is implied by what is stored (every timestamp issued or learnt is in a
         # journal entry, a base or an own position): no clock write per commit.
-        self._store.commit(
-            changes if batch.stored is None else batch.stored,
-            None,
-            batch.journal,
-            batch.bases,
-            batch.trade_ids,
-        )
+        if batch.trades:
+            self._store.commit_trades(batch.applied_at, batch.trades, batch.trade_ids)
+        else:
+            self._store.commit(
+                changes if batch.stored is None else batch.stored,
+                None,
+                batch.journal,
+                batch.bases,
+                batch.trade_ids,
+            )
         if self._store_failures:
             logger.warning(
                 "store {} takes writes again: changes are stored again ({} failed commit(s)"

@@ -17,7 +17,7 @@ from loguru import logger
 
 from .types import Position
 
-__all__ = ["SCHEMA_VERSION", "JournalEntry", "SnapshotInfo", "Store", "StoreError"]
+__all__ = ["SCHEMA_VERSION", "JournalEntry", "SnapshotInfo", "Store", "StoreError", "TradeRow"]
 
 SCHEMA_VERSION = 1
 
@@ -92,6 +92,20 @@ _JOURNAL_ROWS = (
     "",
 )
 _TRADE_ID_ROWS = ("INSERT INTO trade_ids (trade_id, timestamp) VALUES ", "(?, ?)", "")
+# Own trades applied at one time (?1): kind is left to its default, 'trade'.
+_TRADE_ROWS = (
+    "INSERT INTO journal (time_ns, symbol, quantity, net_position, timestamp) VALUES ",
+    "(?1, ?, ?, ?, ?)",
+    "",
+)
+# The position each symbol is left at by the journal entries stamped from ?2 to ?3 (the
+# last one of each symbol: they are read in timestamp order, the journal's key), stored
+# as the own strategy's (?1): written from the rows just inserted, none of them bound again.
+_OWN_FROM_JOURNAL = (
+    "INSERT INTO positions (strategy, symbol, net_position, timestamp)"
+    " SELECT ?1, symbol, net_position, timestamp FROM journal"
+    " WHERE timestamp BETWEEN ?2 AND ?3 ORDER BY timestamp" + _UPSERT_ROWS[2]
+)
 
 
 class JournalEntry(NamedTuple):
@@ -108,6 +122,11 @@ class JournalEntry(NamedTuple):
     net_position: float
     timestamp: int
     kind: str = "trade"
+
+
+# One own trade as the trade consumer commits it: (symbol, quantity, the net position it
+# resulted in, its timestamp). A plain tuple: a burst builds one per trade.
+TradeRow = tuple[str, float, float, int]
 
 
 class SnapshotInfo(NamedTuple):
@@ -385,6 +404,35 @@ class Store:
             raise
         self._checkpointer.committed()
 
+    def commit_trades(
+        self,
+        time_ns: int,
+        trades: list[TradeRow],
+        trade_ids: Iterable[tuple[str, int]] | None = None,
+    ) -> None:
+        """Store own trades applied at ``time_ns``, in the order applied (so by increasing
+        timestamp), in one transaction: a journal entry each, the position each symbol is
+        left at (its last trade's) as this strategy's position, and the trade IDs given
+        ``(trade_id, journal timestamp)``. The trade consumer's commit: each trade's values
+        are bound once, for its journal entry; the positions are written from those rows."""
+        if not trades:
+            return
+        db = self._db
+        self._check_file()
+        try:
+            db.execute("BEGIN")
+            self._insert_many(_TRADE_ROWS, trades, (time_ns,))
+            db.execute(_OWN_FROM_JOURNAL, (self.name, trades[0][3], trades[-1][3]))
+            if trade_ids:
+                self._insert_many(_TRADE_ID_ROWS, trade_ids)
+            db.execute("COMMIT")
+        except BaseException as exc:
+            self._roll_back()
+            if isinstance(exc, sqlite3.Error) and not isinstance(exc, _BUGS):
+                raise StoreError(f"cannot store in {self.path}: {exc}") from exc
+            raise
+        self._checkpointer.committed()
+
     def _roll_back(self) -> None:
         """Roll back the open transaction, if SQLite has not already (it does by itself on
         a full disk): never hide the cause behind "no transaction is active"."""
@@ -420,23 +468,31 @@ class Store:
         return found
 
     def _insert_many(
-        self, statement: tuple[str, str, str], rows: Iterable[tuple[Any, ...]]
+        self,
+        statement: tuple[str, str, str],
+        rows: Iterable[tuple[Any, ...]],
+        shared: tuple[Any, ...] = (),
     ) -> None:
         """Run an insert for many rows, ``_ROWS_PER_STATEMENT`` at a time: one statement for
         many rows costs SQLite and the sqlite3 module half as much per row as executemany.
 
-        ``statement`` is (the insert up to VALUES, one row's placeholders, what follows).
+        ``statement`` is (the insert up to VALUES, one row's placeholders, what follows);
+        ``shared`` are the values of numbered parameters every row uses (``?1``...), bound
+        once per statement.
         """
         rows = list(rows)
         whole = len(rows) - len(rows) % _ROWS_PER_STATEMENT
         head, values, tail = statement
+        flat = itertools.chain.from_iterable
         if whole:
             sql = head + ", ".join([values] * _ROWS_PER_STATEMENT) + tail
-            flat = itertools.chain.from_iterable
             for start in range(0, whole, _ROWS_PER_STATEMENT):
-                self._db.execute(sql, list(flat(rows[start : start + _ROWS_PER_STATEMENT])))
+                self._db.execute(sql, [*shared, *flat(rows[start : start + _ROWS_PER_STATEMENT])])
         if whole < len(rows):
-            self._db.executemany(head + values + tail, rows[whole:])
+            rest = rows[whole:]
+            self._db.executemany(
+                head + values + tail, [shared + row for row in rest] if shared else rest
+            )
 
     def history(self, symbol: str, limit: int) -> list[JournalEntry]:
         """The last ``limit`` own trades in ``symbol``, oldest first."""

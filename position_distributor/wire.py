@@ -263,9 +263,59 @@ def _encode_position(position: Position) -> bytes:
     return frame(envelope.SerializeToString())
 
 
+_POSITION_FRAME: Final = b"\x00\x00\x00%c\x32%c%s%c%s\x19%s %c%c%c%s"  # see encode_position
+
+
 def encode_positions(positions: Iterable[Position]) -> bytes:
-    """Encode positions as consecutive frames, ready for a single ``sendall``."""
-    return b"".join(map(encode_position, positions))
+    """Encode positions as consecutive frames, ready for a single ``sendall``: what
+    ``encode_position`` gives for each, with its common case written out in one loop (the
+    sender's path for a batch of changes)."""
+    global _high_varint
+    frames: list[bytes] = []
+    append = frames.append
+    prefixes = _STRATEGY_PREFIXES
+    pack = _PACK_DOUBLE
+    high_seen, varint = _high_varint
+    for position in positions:
+        strategy, symbol, net, timestamp = position
+        prefix = prefixes.get(strategy)
+        if (
+            prefix is None
+            or net == 0.0
+            or not 0x100000000000000 <= timestamp < 0x8000000000000000
+            or not symbol
+        ):
+            append(encode_position(position))  # it also learns the strategy's prefix
+            continue
+        high = timestamp >> 21
+        if high != high_seen:
+            high_seen = high
+            varint = bytes(((high >> shift) & 0x7F) | 0x80 for shift in range(0, 35, 7)) + bytes(
+                (high >> 35,)
+            )
+            _high_varint = (high, varint)
+        encoded = symbol.encode()
+        size = len(prefix) + len(encoded) + 20
+        if size >= 128:
+            append(encode_position(position))
+            continue
+        low = timestamp & 0x1FFFFF
+        append(
+            _POSITION_FRAME
+            % (
+                size + 2,
+                size,
+                prefix,
+                len(encoded),
+                encoded,
+                pack(net),
+                (low & 0x7F) | 0x80,
+                ((low >> 7) & 0x7F) | 0x80,
+                (low >> 14) | 0x80,
+                varint,
+            )
+        )
+    return b"".join(frames)
 
 
 def parse(payload: bytes) -> Message:

@@ -66,6 +66,7 @@ steps = st.lists(
     st.one_of(
         st.tuples(st.just("next"), st.integers(min_value=0, max_value=2**62)),
         st.tuples(st.just("observe"), st.integers(min_value=0, max_value=2**62)),
+        st.tuples(st.sampled_from(["next_many", "next_none"]), st.integers(0, 2**62)),
     ),
     max_size=50,
 )
@@ -75,8 +76,9 @@ steps = st.lists(
 def test_strictly_increasing_above_everything_seen(
     start: int, script: list[tuple[str, int]]
 ) -> None:
-    """Every timestamp exceeds all earlier ones and every observed one, and is at least now."""
-    readings = [value for op, value in script if op == "next"]
+    """Every timestamp, alone or in a batch, exceeds all earlier ones and every observed one,
+    and the first of each call is at least now."""
+    readings = [value for op, value in script if op in ("next", "next_many")]
     clock = Clock(last=start, now_ns=wall(readings))
     floor = start  # every stamp must exceed this
     for op, value in script:
@@ -84,10 +86,16 @@ def test_strictly_increasing_above_everything_seen(
             clock.observe(value)
             floor = max(floor, value)
             assert clock.last == floor
+        elif op == "next_none":
+            assert list(clock.next_many(0)) == []
+            assert clock.last == floor
         else:
-            stamp = clock.next()
+            many = list(clock.next_many(value % 5 + 1)) if op == "next_many" else [clock.next()]
+            stamp = many[0]
             assert stamp > floor
             assert stamp >= value
             assert stamp == max(value, floor + 1)
-            floor = stamp
-            assert clock.last == stamp
+            # A batch: the first stamp as next() gives it, then the nanoseconds after it.
+            assert many == list(range(stamp, stamp + len(many)))
+            floor = many[-1]
+            assert clock.last == floor

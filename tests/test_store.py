@@ -155,6 +155,40 @@ def test_journal_entries_and_bases_commit_with_the_positions_or_not_at_all(store
     assert store.bases() == {"MSFT": MSFT.timestamp}
 
 
+@pytest.mark.parametrize("count", [1, 3, 256, 700])
+def test_commit_trades_journals_each_and_stores_each_symbols_last(
+    tmp_path: Path, store: Store, count: int
+) -> None:
+    """Own trades committed together: a journal entry each (kind 'trade', the time given),
+    each symbol's last trade as this strategy's position, the trade IDs, and a peer's
+    position left as it was; committed in one transaction, as ``commit`` would have."""
+    store.commit([THEIRS], None)
+    start = AAPL.timestamp
+    trades = [(f"S{i % 7}", float(i + 1), float(i * 3), start + i) for i in range(count)]
+    store.commit_trades(5, trades, [("id-1", start)])
+    last = {symbol: (net, ts) for symbol, _, net, ts in trades}
+    expected = {("alpha", symbol): value for symbol, value in last.items()}
+    expected[THEIRS[:2]] = THEIRS[2:]
+    assert read_rows(store.path) == expected
+    assert store.history("S0", 1000) == [
+        JournalEntry(5, symbol, quantity, net, ts)
+        for symbol, quantity, net, ts in trades
+        if symbol == "S0"
+    ]
+    assert store.trades(["id-1"]) == {"id-1": ("S0", 1.0, 0.0, start)}
+    assert store.load()[1] == start + count - 1  # the clock, implied by the journal
+
+
+def test_commit_trades_is_all_or_nothing(store: Store) -> None:
+    """A batch of trades that cannot be stored whole (a trade ID used twice) leaves nothing
+    of it: no journal entry, no position."""
+    trades = [("AAPL", 1.0, 1.0, 10), ("MSFT", 2.0, 2.0, 11)]
+    with pytest.raises(sqlite3.IntegrityError):
+        store.commit_trades(5, trades, [("same", 10), ("same", 11)])
+    assert store.load() == ([], 0)
+    assert store.history("AAPL", 10) == []
+
+
 def test_the_journal_knows_what_this_store_issued_and_the_trades_since(store: Store) -> None:
     """issued() finds a journalled timestamp; quantities() lists trades in order, not rebases."""
     entries = [

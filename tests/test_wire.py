@@ -322,20 +322,28 @@ def test_round_trip_keeps_the_printed_form(position: Position) -> None:
     assert parsed.row() == expected.row()
 
 
-@given(
-    st.builds(
-        Position,
-        st.one_of(st.sampled_from(["strategy_1", "s", "x" * 64, ""]), st.text(max_size=90)),
-        st.one_of(st.sampled_from(["AAPL", "a" * 32, "7203.T", ""]), st.text(max_size=90)),
-        st.one_of(st.floats(), st.sampled_from([0.0, -0.0, 1e-310, math.nan, -math.inf])),
-        st.one_of(
-            st.integers(min_value=2**56 - 2, max_value=2**56 + 2**22),
-            st.integers(min_value=2**56, max_value=2**63 - 1),
-            st.integers(min_value=2**63 - 2**22, max_value=2**63 - 1),
-            st.integers(min_value=-(2**63), max_value=2**63 - 1),
-        ),
-    )
+wire_positions = st.builds(
+    Position,
+    st.one_of(st.sampled_from(["strategy_1", "s", "x" * 64, ""]), st.text(max_size=90)),
+    st.one_of(st.sampled_from(["AAPL", "a" * 32, "7203.T", ""]), st.text(max_size=90)),
+    st.one_of(st.floats(), st.sampled_from([0.0, -0.0, 1e-310, math.nan, -math.inf])),
+    st.one_of(
+        st.integers(min_value=2**56 - 2, max_value=2**56 + 2**22),
+        st.integers(min_value=2**56, max_value=2**63 - 1),
+        st.integers(min_value=2**63 - 2**22, max_value=2**63 - 1),
+        st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    ),
 )
+
+
+@given(st.lists(wire_positions, max_size=12))
+def test_encode_positions_is_encode_position_of_each(positions: list[Position]) -> None:
+    """A batch encoded in one loop is byte for byte the frames of its positions encoded one
+    by one, whatever names, values and timestamps they mix."""
+    assert encode_positions(positions) == b"".join(map(encode_position, positions))
+
+
+@given(wire_positions)
 def test_encode_position_is_the_envelope_protobuf_writes(position: Position) -> None:
     """The frame written by hand is byte for byte the Envelope protobuf's own serialization:
     any name, any float (zero is left out), any timestamp (a clock reading's 9-byte varint
