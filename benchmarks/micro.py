@@ -32,7 +32,15 @@ from position_distributor.engine import Engine, Output
 from position_distributor.protocol import Protocol
 from position_distributor.store import JournalEntry, Store
 from position_distributor.types import Position, format_row, invalid_position_reason
-from position_distributor.wire import Decoder, Hello, SyncDone, encode, encode_position, parse
+from position_distributor.wire import (
+    Decoder,
+    Hello,
+    SyncDone,
+    encode,
+    encode_position,
+    encode_positions,
+    parse,
+)
 
 BATCH = 4096
 _CLOCK = 2**62
@@ -61,7 +69,7 @@ class _FakePeer:
     def publish(self, own: list[Position], relayed: Any = ()) -> int:
         if not own:
             return 0
-        return len(own) * self.broadcast(b"".join(map(encode_position, own)))
+        return len(own) * self.broadcast(encode_positions(own))
 
     def broadcast(self, data: bytes) -> int:
         self.sent += len(data)
@@ -413,7 +421,6 @@ def no_coalescing(count: int = 20_000, repeats: int = 5) -> dict[str, float]:
     Each repeat uses fresh symbols, as W1N does."""
     from position_distributor.console import trades_of
     from position_distributor.engine import _Trade
-    from position_distributor.wire import encode_positions
 
     tmp = Path(tempfile.mkdtemp(prefix="pd-micro-"))
     sink = Output(open("/dev/null", "w"))  # noqa: SIM115

@@ -45,7 +45,7 @@ from .wire import (
     RepairRequest,
     SyncDone,
     encode,
-    encode_position,
+    encode_positions,
 )
 
 if TYPE_CHECKING:
@@ -55,6 +55,7 @@ __all__ = ["CloseReason", "Closing", "Connection", "Limits"]
 
 _SEND_SLICE: Final = 1 << 20  # each sendall is bounded in time by the socket timeout
 _HEARTBEAT: Final = encode(Heartbeat())
+_POSITIONS: Final = {Position}  # the types of a read that holds positions only
 _SYNC_SLICE: Final = 2048  # positions encoded and queued at a time by a sync
 _STOP: Final = None  # writer sentinel: send what is queued before it, then shut down
 _BYE: Final = "closed by the peer: "
@@ -235,7 +236,7 @@ class Connection:
         positions = own + relayed + echo
         for start in range(0, len(positions), _SYNC_SLICE):
             chunk = positions[start : start + _SYNC_SLICE]
-            if not self.send(b"".join(map(encode_position, chunk)), bounded=False):
+            if not self.send(encode_positions(chunk), bounded=False):
                 return  # closed meanwhile
         self.send(encode(SyncDone(len(positions))), bounded=False)
         self.synced_out = True  # digests may follow
@@ -267,7 +268,7 @@ class Connection:
         self.send(encode(Repair(False)), bounded=False)
         for start in range(0, len(own), _SYNC_SLICE):
             chunk = own[start : start + _SYNC_SLICE]
-            if not self.send(b"".join(map(encode_position, chunk)), bounded=False):
+            if not self.send(encode_positions(chunk), bounded=False):
                 return
         self.send(encode(Repair(True, len(own))), bounded=False)
 
@@ -434,8 +435,11 @@ class Connection:
                         f" beyond a burst of {limits.max_peer_burst}"
                     )
                     break
-                messages = []
                 events = receive_data(data)
+                if self.ready and events and {*map(type, events)} == _POSITIONS:
+                    fire(Event.MESSAGE, self, events)  # the common read: positions only
+                    continue
+                messages = []
                 if not self.ready and (out := data_to_send()):
                     # Our Hello (if we accepted) and Auth proof, before anything after them.
                     self.send(out, bounded=False)

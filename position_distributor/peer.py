@@ -38,7 +38,7 @@ from .dispatcher import EventDispatcher
 from .links import Link, PeerStatus
 from .throttle import Throttle
 from .types import Position
-from .wire import BYE_DUPLICATE, BYE_STOPPING, encode_position
+from .wire import BYE_DUPLICATE, BYE_STOPPING, encode_position, encode_positions
 
 __all__ = ["Connection", "Limits", "Peer", "PeerStatus"]
 
@@ -199,9 +199,9 @@ class Peer:
         if not relayed:
             if not own:
                 return 0
-            return len(own) * self.broadcast(b"".join(map(encode_position, own)))
+            return len(own) * self.broadcast(encode_positions(own))
         frames = [(encode_position(p), p.strategy, source) for p, source in relayed]
-        data = b"".join(map(encode_position, own))
+        data = encode_positions(own)
         sent = 0
         for conn in self._live_snapshot:
             parts = [data] if data else []
