@@ -67,8 +67,17 @@ _SYMBOL = rf"[{SYMBOL_CHARS}]{{1,{MAX_SYMBOL_LENGTH}}}"
 # underscores, or digits of other scripts.
 _NUMBER = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
 _TRADE_ID = rf"[{SYMBOL_CHARS}]{{1,{MAX_TRADE_ID_LENGTH}}}"
-# A command word, in any case, followed by a blank or the end: never a symbol.
-_NOT_A_COMMAND = rf"(?!(?i:{'|'.join(COMMANDS)})(?:{_BLANK}|\r?$))"
+# A command word, in any case, followed by a blank or the end: never a symbol. Grouped by
+# first letter, so that a line whose first letter starts no command word is past this test
+# after one character class (a fifth of the burst regex's time otherwise).
+_BY_FIRST_LETTER = {
+    first: [word[1:] for word in COMMANDS if word[0] == first]
+    for first in sorted({w[0] for w in COMMANDS})
+}
+_COMMAND_WORD = "|".join(
+    f"[{first}{first.upper()}](?i:{'|'.join(rests)})" for first, rests in _BY_FIRST_LETTER.items()
+)
+_NOT_A_COMMAND = rf"(?!(?:{_COMMAND_WORD})(?:{_BLANK}|\r?$))"
 # One trade line: SYMBOL QTY [TRADE_ID], blanks around, an optional CR (a CRLF line ending).
 _TRADE_LINE = (
     rf"{_BLANK}*{_NOT_A_COMMAND}({_SYMBOL}){_BLANK}+({_NUMBER})"

@@ -63,7 +63,11 @@ _STRATEGY_OF: Final = operator.itemgetter(0)
 _SYMBOL_OF: Final = operator.itemgetter(1)
 _NET_OF: Final = operator.itemgetter(2)
 _TIMESTAMP_OF: Final = operator.itemgetter(3)
-_QUANTITY_OF: Final = operator.itemgetter(1)  # of a trade: (symbol, quantity, ...)
+# Of a trade (_Trade, or the console's tuple of the same shape).
+_SYMBOL_OF_TRADE: Final = operator.itemgetter(0)
+_QUANTITY_OF: Final = operator.itemgetter(1)
+_FUTURE_OF: Final = operator.itemgetter(2)
+_TRADE_ID_OF: Final = operator.itemgetter(3)
 _SHOWN: Final = 5  # repaired positions named in the log line of a repair
 # What to do about an own position a peer sent back that this node did not write.
 _NOT_OURS: Final = (
@@ -409,12 +413,31 @@ class Engine:
         now_ns = time.time_ns()
         with self._publish_lock:
             every_change = self._every_change
-            given = [trade[3] for _, batch in batches for trade in batch if trade[3] is not None]
+            # Submissions of plain trades (no barrier, future or ID: a burst typed at the
+            # console), told apart by C loops: they go to the book as they are.
+            plain = [
+                all(map(_SYMBOL_OF_TRADE, batch))
+                and not any(map(_FUTURE_OF, batch))
+                and not any(map(_TRADE_ID_OF, batch))
+                for _, batch in batches
+            ]
+            given = [
+                trade[3]
+                for (_, batch), simple in zip(batches, plain, strict=True)
+                if not simple
+                for trade in batch
+                if trade[3] is not None
+            ]
             known = self._store.trades(given) if given else {}
             first: dict[str, int] = {}  # trade ID -> the index of its order in this batch
             submissions: list[tuple[float, int]] = []  # (submitted at, its first order)
-            for arrived, batch in batches:
+            for (arrived, batch), simple in zip(batches, plain, strict=True):
                 submissions.append((arrived, len(orders)))
+                if simple:
+                    orders += batch
+                    if waiting is not None:
+                        waiting += [None] * len(batch)
+                    continue
                 for trade in batch:
                     symbol, quantity, future, trade_id = trade
                     if not symbol:  # a barrier: done once everything before is published

@@ -233,6 +233,34 @@ def test_a_third_word_is_the_trade_id(line: str, trade: TradeCommand) -> None:
     assert parse_line(line) == trade
 
 
+@given(
+    st.one_of(
+        st.sampled_from(COMMANDS).flatmap(
+            lambda word: st.lists(st.booleans(), min_size=len(word), max_size=len(word)).map(
+                lambda ups: "".join(c.upper() if up else c for c, up in zip(word, ups, strict=True))
+            )
+        ),
+        st.text(alphabet="eEhHlLpPqQsSxXiIoOtTnNmMrRuUaA", min_size=1, max_size=10),
+    ),
+    st.sampled_from([" 1\n", "\t-2.5 ID-1\n", "\n", " \r\n"]),
+)
+def test_a_command_word_in_any_case_is_never_a_symbol(word: str, rest: str) -> None:
+    """A line starting with a command word, in any mix of cases, is never a trade, on either
+    path; a word that merely looks like one (another letter, one more or less) is a symbol."""
+    line = word + rest
+    burst = trades_of(line.encode())
+    try:
+        parsed: object = parse_line(line)
+    except ConsoleError:
+        parsed = None
+    if word.lower() in COMMANDS:
+        assert burst is None
+        assert not isinstance(parsed, TradeCommand)
+    elif rest in (" 1\n", "\t-2.5 ID-1\n"):
+        assert burst is not None and burst[0][0] == word
+        assert isinstance(parsed, TradeCommand) and parsed.symbol == word
+
+
 @given(st.text(alphabet=st.characters(codec="utf-8"), max_size=30))
 def test_the_burst_path_and_parse_line_agree_on_any_line(text: str) -> None:
     """For any line, the burst regex takes it exactly when parse_line says it is a trade, and
