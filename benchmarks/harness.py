@@ -1,26 +1,25 @@
 """A small process harness: start nodes as a user does, type into stdin, watch stdout rows.
 
-Every process is started with pipes, read by one thread per stdout, and stopped by its PID
-(EOF first, then SIGKILL after a deadline). Every wait has a deadline. Times are
-``time.perf_counter()`` taken in the reader thread as soon as a chunk of output arrives.
+Starting and stopping a process is ``testkit.ChildProcess``'s, shared with the tests: every
+process is started with pipes, its stdout and stderr read by a thread each (stderr kept in
+a log file), and stopped by its PID (EOF first, then SIGKILL after a deadline). Every wait has
+a deadline. Times are ``time.perf_counter()`` taken in the reader thread as soon as a chunk
+of output arrives.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from testkit import ROOT, ChildProcess, cpu_seconds, free_port, node_command
 
 __all__ = [
     "ROOT",
@@ -38,11 +37,7 @@ __all__ = [
     "wait_all",
 ]
 
-ROOT = Path(__file__).resolve().parent.parent
 SEP = b" | "
-# Children run in a user's default environment: these two (set in some CI sandboxes) would
-# make every start recompile the project (no .pyc written) and change stdout buffering.
-_DROPPED_ENV = ("PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED")
 
 Key = tuple[str, str]  # (strategy, symbol)
 RowHook = Callable[[float, Key, float], None]
@@ -50,33 +45,6 @@ RowHook = Callable[[float, Key, float], None]
 
 class BenchError(Exception):
     """A benchmark run failed: a wrong final view, a deadline passed, a process misbehaved."""
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) used so far by every thread of ``pid``, in seconds.
-
-    Summed from each thread's ``schedstat`` (nanoseconds) when the kernel has it, else from
-    ``/proc/<pid>/stat`` (clock ticks, usually 10 ms).
-    """
-    total = 0
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/schedstat") as f:
-                total += int(f.read().split()[0])
-        if total:
-            return total / 1e9
-    except OSError:
-        pass
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_bytes(pid: int) -> int:
@@ -142,17 +110,15 @@ def wait_all(watches: Iterable[Watch], timeout: float, what: str) -> float:
     return done
 
 
-class Proc:
+class Proc(ChildProcess):
     """A child process: stdin to write to, stdout lines handed to ``on_lines`` as they come."""
 
+    failure = BenchError
+
     def __init__(self, name: str, command: Sequence[str], *, log: Path) -> None:
-        self.name = name
+        super().__init__(name, cwd=ROOT, log=log)
         self.command = list(command)
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
-        self._reader: threading.Thread | None = None
-        self._log_file: Any = None
         # Condition guarding what the reader thread updates (in subclasses too).
         self.cond = threading.Condition()
         self.other: list[str] = []  # stdout lines that are not rows (bounded)
@@ -163,50 +129,21 @@ class Proc:
         self._lines_read = 0  # newlines read while deferring, under cond's lock
         self._lines_at: list[tuple[int, float]] = []  # (newlines so far, time) per chunk
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
     def start(self) -> Proc:
-        self._log_file = open(self.log, "ab")  # noqa: SIM115 - closed in _finish
         self.started_at = time.perf_counter()
-        self.proc = subprocess.Popen(
-            self.command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log_file,
-            cwd=ROOT,
-            bufsize=0,
-            env={k: v for k, v in os.environ.items() if k not in _DROPPED_ENV},
-        )
-        self._reader = threading.Thread(target=self._read, name=f"read-{self.name}", daemon=True)
-        self._reader.start()
+        super().start()
         return self
 
-    def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        read = os.read
-        clock = time.perf_counter
-        while True:
-            chunk = read(fd, 1 << 17)
-            t = clock()
-            if not chunk:
-                break
-            with self._feed_lock:
-                if self._deferred is not None:
-                    with self.cond:
-                        self._deferred.append((t, chunk))
-                        self._lines_read += chunk.count(b"\n")
-                        self._lines_at.append((self._lines_read, t))
-                        self.cond.notify_all()
-                    continue
-                self._feed(t, chunk)
+    def on_stdout(self, t: float, chunk: bytes) -> None:
+        with self._feed_lock:
+            if self._deferred is not None:
+                with self.cond:
+                    self._deferred.append((t, chunk))
+                    self._lines_read += chunk.count(b"\n")
+                    self._lines_at.append((self._lines_read, t))
+                    self.cond.notify_all()
+                return
+            self._feed(t, chunk)
 
     def _feed(self, t: float, chunk: bytes) -> None:
         """Hand the complete lines of ``chunk`` to ``on_lines``; caller holds the feed lock."""
@@ -253,15 +190,6 @@ class Proc:
                 self.other.extend(line.decode(errors="replace") for line in lines)
             self.cond.notify_all()
 
-    def write(self, data: bytes) -> None:
-        """Write all of ``data`` to stdin (blocks while the pipe is full)."""
-        assert self.proc is not None and self.proc.stdin is not None
-        fd = self.proc.stdin.fileno()
-        with memoryview(data) as view:
-            sent = 0
-            while sent < len(data):
-                sent += os.write(fd, view[sent:])
-
     def wait_line(self, prefix: str, timeout: float) -> str:
         """Wait for a non-row stdout line starting with ``prefix``."""
         deadline = time.monotonic() + timeout
@@ -284,45 +212,7 @@ class Proc:
 
     def stop(self, timeout: float = 20.0) -> int:
         """Close stdin (EOF: a graceful stop) and wait; SIGKILL by PID after ``timeout``."""
-        proc = self.proc
-        if proc is None:
-            return 0
-        if proc.poll() is None:
-            with contextlib.suppress(OSError):
-                assert proc.stdin is not None
-                proc.stdin.close()
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                raise BenchError(f"{self.name} did not stop within {timeout:g}s") from None
-        self._finish()
-        return proc.returncode
-
-    def kill(self) -> None:
-        """SIGKILL by PID."""
-        proc = self.proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
-        self._finish()
-
-    def _finish(self) -> None:
-        if self._reader is not None:
-            self._reader.join(timeout=10)
-        proc = self.proc
-        if proc is not None:
-            for stream in (proc.stdin, proc.stdout):
-                with contextlib.suppress(OSError):
-                    if stream is not None:
-                        stream.close()
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+        return super().stop(timeout)
 
 
 class RowsProc(Proc):
@@ -400,21 +290,15 @@ class NodeProc(RowsProc):
         self.port = port
         self.peer_ports = list(peers)
         self.data_dir = data_dir
-        command = [
-            sys.executable,
-            "-m",
-            "position_distributor",
+        # The limits users get (a benchmark measures them), but no recovery window: every
+        # node of a run starts new, and waiting for peers would only delay the start.
+        command = node_command(
             name,
-            *([] if port is None else [str(port)]),  # None: a node without a listener
-            *(f"127.0.0.1:{p}" for p in self.peer_ports),
-            "--data-dir",
-            str(data_dir),
-            "--recovery-timeout",
-            f"{recovery_timeout:g}",
-            "--log-level",
-            "WARNING",
-            *args,
-        ]
+            port,  # None: a node without a listener
+            self.peer_ports,
+            data_dir=data_dir,
+            args=["--recovery-timeout", f"{recovery_timeout:g}", "--log-level", "WARNING", *args],
+        )
         super().__init__(name, command, log=log)
 
     def stored_nets(self) -> dict[Key, float]:

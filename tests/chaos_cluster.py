@@ -12,19 +12,16 @@ the test waits on output, never by sleeping.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import re
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+
+from testkit import FAST, ChildProcess, node_command
 
 from .chaos_ledger import Ledger
 from .faultproxy import ProxyMesh
@@ -69,7 +66,7 @@ def restartable_ports(names: list[str] | tuple[str, ...]) -> dict[str, int]:
     return ports
 
 
-class ChaosNode:
+class ChaosNode(ChildProcess):
     """One node process, restarted any number of times, and the truth about its trades."""
 
     def __init__(
@@ -84,27 +81,24 @@ class ChaosNode:
         heartbeat: float,
         args: tuple[str, ...] = (),
     ) -> None:
-        self.name = name
+        super().__init__(name)
         self.port = port
         self.data_dir = data_dir
-        self.command = [
-            sys.executable,
-            "-m",
-            "position_distributor",
+        self.command = node_command(
             name,
-            str(port),
-            *(f"127.0.0.1:{p}" for p in peers),
-            "--data-dir",
-            str(data_dir),
-            "--recovery-timeout",
-            str(recovery_timeout),
-            "--heartbeat",
-            str(heartbeat),
-            *args,
-        ]
+            port,
+            peers,
+            data_dir=data_dir,
+            args=[
+                "--recovery-timeout",
+                str(recovery_timeout),
+                "--heartbeat",
+                str(heartbeat),
+                *args,
+            ],
+        )
         self.ledger = Ledger(name)
         self.lives = 0
-        self.proc: subprocess.Popen[str] | None = None
         # Shared by every node of the cluster: protects lines, errors and view, and is
         # notified by the reader threads whenever one of them grows.
         self.cond = cond
@@ -112,7 +106,7 @@ class ChaosNode:
         self.errors: list[str] = []  # stderr of the current life
         self.all_errors: list[str] = []  # stderr of every life, for the report
         self.view: View = {}  # last row per (strategy, symbol) in the current life
-        self._readers: list[threading.Thread] = []
+        self._pending = b""  # the start of a stdout line not yet ended (reader thread only)
         self.wipe_next = False  # the data dir was deleted after the last kill
         self.recovering = False  # holding trades until "recovery done" or "recovery timeout"
         self._seen = 0
@@ -121,10 +115,6 @@ class ChaosNode:
         self._restart_pending = False
 
     # The process.
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     def start(self) -> None:
         with self.cond:
@@ -138,45 +128,31 @@ class ChaosNode:
         self._restart_pending = self.lives > 1
         self.recovering = self.wipe_next or self.lives == 1
         self.all_errors.append(f"----- {self.name} life {self.lives}\n")
-        self.proc = subprocess.Popen(
-            self.command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        )
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        self._readers = [
-            threading.Thread(
-                target=self._read, args=(self.proc.stdout, True), name=f"{self.name}-out"
-            ),
-            threading.Thread(
-                target=self._read, args=(self.proc.stderr, False), name=f"{self.name}-err"
-            ),
-        ]
-        for thread in self._readers:
-            thread.start()
+        self._pending = b""
+        super().start()
 
-    def _read(self, stream: IO[str], stdout: bool) -> None:
-        for line in stream:
-            with self.cond:
-                if stdout:
-                    self.lines.append(line)
-                    row = parse_row(line)
-                    if row is not None:
-                        self.view[(row[0], row[1])] = (row[2], row[3])
-                else:
-                    self.errors.append(line)
-                    self.all_errors.append(line)
-                self.cond.notify_all()
+    def on_stdout(self, t: float, chunk: bytes) -> None:
+        lines = (self._pending + chunk).split(b"\n")
+        self._pending = lines.pop()
+        with self.cond:
+            for raw in lines:
+                line = raw.decode(errors="replace") + "\n"
+                self.lines.append(line)
+                row = parse_row(line)
+                if row is not None:
+                    self.view[(row[0], row[1])] = (row[2], row[3])
+            self.cond.notify_all()
+
+    def on_stderr(self, line: str) -> None:
+        with self.cond:
+            self.errors.append(line)
+            self.all_errors.append(line)
+            self.cond.notify_all()
 
     def type(self, *lines: str) -> None:
-        assert self.proc is not None and self.proc.stdin is not None
+        assert self.proc is not None
         try:
-            self.proc.stdin.write("".join(line + "\n" for line in lines))
-            self.proc.stdin.flush()
+            self.write("".join(line + "\n" for line in lines).encode())
         except BrokenPipeError:
             self.proc.wait(timeout=10)
             raise AssertionError(
@@ -190,41 +166,14 @@ class ChaosNode:
 
     def kill(self, *, wipe: bool = False) -> None:
         """``kill -9`` by PID, read what it printed; with ``wipe``, delete its data dir."""
-        assert self.proc is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self._join_readers()
+        super().kill()
         self.wipe_next = wipe
         if wipe:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def stop(self, timeout: float = 15.0) -> int:
         """Graceful stop (EOF on stdin); kill -9 by PID and fail if it does not exit in time."""
-        proc = self.proc
-        assert proc is not None
-        if proc.poll() is None:
-            with contextlib.suppress(OSError):
-                assert proc.stdin is not None
-                proc.stdin.close()
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                raise AssertionError(f"{self.name} did not stop within {timeout}s") from None
-        self._join_readers()
-        return proc.returncode
-
-    def _join_readers(self) -> None:
-        for thread in self._readers:
-            thread.join(timeout=10)
-            assert not thread.is_alive(), f"{thread.name} still reading"
-        proc = self.proc
-        if proc is not None:
-            for stream in (proc.stdin, proc.stdout, proc.stderr):
-                with contextlib.suppress(OSError):
-                    if stream is not None:
-                        stream.close()
+        return super().stop(timeout)
 
     # The output, read in order.
 
@@ -311,7 +260,7 @@ class ChaosCluster:
         both_ways: bool = False,
         ring: bool = False,
         recovery_timeout: float = 10.0,
-        heartbeat: float = 0.2,
+        heartbeat: float = FAST.heartbeat,
         args: tuple[str, ...] = (),
     ) -> None:
         # Notified by every node's reader threads; protects every node's output lists.

@@ -7,24 +7,18 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from position_distributor.connection import Limits
 from position_distributor.node import Config, Node
-from position_distributor.peer import Limits
 from position_distributor.types import Position
+from testkit import FAST
 
 from .procs import parse_row
 from .waiting import Recorder
 
 __all__ = ["FAST_LIMITS", "Nodes", "Rows"]
 
-# Small timeouts so that drops, redials and stops take milliseconds.
-FAST_LIMITS = Limits(
-    heartbeat_interval=0.05,
-    idle_timeout=2.0,
-    hello_timeout=2.0,
-    connect_timeout=1.0,
-    backoff_min=0.01,
-    backoff_max=0.1,
-)
+# The fast limits (testkit.FAST, shared with the node processes) as an in-process node's.
+FAST_LIMITS = FAST.limits()
 
 Nets = dict[tuple[str, str], float]
 

@@ -1,8 +1,9 @@
 """Run real nodes as a user does (``python -m position_distributor``) and watch their output.
 
-Also a peer typed by hand (``HostilePeer``: a plain socket, frames built with ``struct`` and
-``position_pb2``, independent of the codec under test) and readers of ``/proc`` for memory
-and CPU.
+Starting and stopping a process is ``testkit.ChildProcess``'s, shared with the benchmarks;
+``NodeProcess`` parses what the node prints. Also a peer typed by hand (``HostilePeer``: a
+plain socket, frames built with ``struct`` and ``position_pb2``, independent of the codec
+under test) and readers of ``/proc`` for memory and CPU.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import ctypes
 import os
 import re
 import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from position_distributor import position_pb2 as pb
+from testkit import FAST, ChildProcess, free_port, node_command, user_env
 
 __all__ = [
     "Cluster",
@@ -51,13 +52,6 @@ BLOCK_HEADERS = frozenset({"Current positions", "Exposure", "Peers"})
 
 View = dict[tuple[str, str], tuple[float, int]]
 Nets = dict[tuple[str, str], float]
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def parse_row(line: str) -> tuple[str, str, float, int] | None:
@@ -112,7 +106,7 @@ def run_cli(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        env=user_env(),
         preexec_fn=preexec_fn,
     )
 
@@ -154,11 +148,11 @@ class Mark(NamedTuple):
     err: int
 
 
-class NodeProcess:
+class NodeProcess(ChildProcess):
     """One node process: stdin to type into, stdout rows parsed as they come, stderr kept.
 
     ``recovery_timeout``, ``heartbeat``, ``peers`` and ``extra_args`` are read at each
-    ``start()``, so a restart can change them.
+    ``start()``, so a restart can change them. Their defaults are the fast limits (``FAST``).
     """
 
     def __init__(
@@ -169,15 +163,14 @@ class NodeProcess:
         *,
         data_dir: Path,
         args: Iterable[str] = (),
-        recovery_timeout: float = 1.0,
-        heartbeat: float = 0.2,
+        recovery_timeout: float = FAST.recovery_timeout,
+        heartbeat: float = FAST.heartbeat,
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
     ) -> None:
-        self.name = name
-        # Where the process runs: ``python -m`` imports the package found there first (a
-        # directory holding another release's ``position_distributor`` runs that release).
-        self.cwd = cwd
+        # ``cwd``: where the process runs: ``python -m`` imports the package found there first
+        # (a directory holding another release's ``position_distributor`` runs that release).
+        super().__init__(name, env=env, cwd=cwd)
         # The listen port; 0 lets the node bind any free port, learnt from its log (no race
         # with other processes between choosing a port and binding it) and kept for restarts.
         self._port = port
@@ -186,10 +179,7 @@ class NodeProcess:
         self.recovery_timeout = recovery_timeout
         self.heartbeat = heartbeat
         self.extra_args = list(args)
-        self.env = env
-        self.preexec_fn: Callable[[], None] | None = None  # run in the child (drop privileges)
         self.cluster: Cluster | None = None  # to describe every node when a wait fails
-        self.proc: subprocess.Popen[str] | None = None
         self.started_at = 0.0  # time.monotonic() of the last start()
         self._syncs = 0  # sync_stderr() calls, to make each marker unique
         # Condition guarding everything the stdout/stderr readers update.
@@ -198,7 +188,8 @@ class NodeProcess:
         self.errors: list[str] = []
         self.error_times: list[float] = []  # time.monotonic() each stderr line was read
         self.view: View = {}
-        self._readers: list[threading.Thread] = []
+        self._pending = b""  # the start of a stdout line not yet ended (reader thread only)
+        self._in_block = False  # inside a command's output block (reader thread only)
 
     @property
     def args(self) -> list[str]:
@@ -214,16 +205,7 @@ class NodeProcess:
 
     @property
     def command(self) -> list[str]:
-        peers = [p if isinstance(p, str) else f"127.0.0.1:{p}" for p in self.peers]
-        return [
-            sys.executable,
-            "-m",
-            "position_distributor",
-            self.name,
-            str(self._port),
-            *peers,
-            *self.args,
-        ]
+        return node_command(self.name, self._port, self.peers, args=self.args)
 
     @property
     def port(self) -> int:
@@ -241,52 +223,32 @@ class NodeProcess:
         if found is not None:
             self._port = int(found.group(1))
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
     def start(self) -> NodeProcess:
         """Start the process (again, after a stop or a kill: output starts afresh)."""
         assert not self.alive, f"{self.name} is already running"
         if self._port == 0 and self.proc is not None:
             self._learn_port()  # a restart listens where the last run did, as a user's would
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env.update(self.env or {})
         with self._cond:
             self.lines = []
             self.errors = []
             self.error_times = []
             self.view = {}
+        self._pending = b""
+        self._in_block = False
         self.started_at = time.monotonic()
-        self.proc = subprocess.Popen(
-            self.command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-            env=env,
-            preexec_fn=self.preexec_fn,
-            cwd=self.cwd,
-        )
-        self._readers = [
-            threading.Thread(target=self._read_stdout, args=(self.proc,), daemon=True),
-            threading.Thread(target=self._read_stderr, args=(self.proc,), daemon=True),
-        ]
-        for thread in self._readers:
-            thread.start()
+        super().start()
         return self
 
-    def _read_stdout(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        in_block = False
-        for line in proc.stdout:
-            row = None if in_block else parse_row(line)
+    def on_stdout(self, t: float, chunk: bytes) -> None:
+        lines = (self._pending + chunk).split(b"\n")
+        self._pending = lines.pop()
+        for raw in lines:
+            line = raw.decode(errors="replace") + "\n"
+            row = None if self._in_block else parse_row(line)
             if line.rstrip("\n") in BLOCK_HEADERS:
-                in_block = True
-            elif in_block and line == "\n":
-                in_block = False
+                self._in_block = True
+            elif self._in_block and line == "\n":
+                self._in_block = False
             with self._cond:
                 self.lines.append(line)
                 if row is not None:
@@ -294,26 +256,19 @@ class NodeProcess:
                     self.view[(strategy, symbol)] = (net, ts)
                 self._cond.notify_all()
 
-    def _read_stderr(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            with self._cond:
-                self.errors.append(line)
-                self.error_times.append(time.monotonic())
-                self._cond.notify_all()
+    def on_stderr(self, line: str) -> None:
+        with self._cond:
+            self.errors.append(line)
+            self.error_times.append(time.monotonic())
+            self._cond.notify_all()
 
     def type(self, *lines: str) -> None:
         """Type lines at the node's console."""
-        assert self.proc is not None and self.proc.stdin is not None
-        self.proc.stdin.write("".join(line + "\n" for line in lines))
-        self.proc.stdin.flush()
+        self.write("".join(line + "\n" for line in lines).encode())
 
     def type_bytes(self, data: bytes) -> None:
         """Write raw bytes (not necessarily UTF-8) to the node's stdin."""
-        assert self.proc is not None and self.proc.stdin is not None
-        self.proc.stdin.flush()
-        self.proc.stdin.buffer.write(data)
-        self.proc.stdin.buffer.flush()
+        self.write(data)
 
     def sync_stderr(self, timeout: float = 15.0) -> int:
         """Make sure every stderr line the node wrote so far has been read; return the count.
@@ -423,16 +378,12 @@ class NodeProcess:
 
     def wait_for_exit(self, timeout: float = 15.0) -> int:
         """Wait for the process to end by itself; its exit status."""
-        assert self.proc is not None
         try:
-            code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+            return super().wait_for_exit(timeout)
+        except AssertionError as exc:
             raise AssertionError(
-                f"{self.name} still running after {timeout}s\n"
-                f"stderr tail:\n{''.join(self.errors_since()[-30:])}"
+                f"{exc}\nstderr tail:\n{''.join(self.errors_since()[-30:])}"
             ) from None
-        self._join_readers()
-        return code
 
     def command_output(self, command: str, header: str, timeout: float = 15.0) -> list[str]:
         """Type a console command; the lines of its output block (after the header)."""
@@ -455,52 +406,6 @@ class NodeProcess:
     def nets(self) -> Nets:
         with self._cond:
             return {key: net for key, (net, _) in self.view.items()}
-
-    def send_signal(self, sig: int) -> None:
-        """Send a signal, by PID."""
-        assert self.proc is not None
-        os.kill(self.proc.pid, sig)
-
-    def kill(self) -> None:
-        """kill -9, by PID."""
-        assert self.proc is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self._join_readers()
-
-    def stop(self, timeout: float = 10.0) -> int:
-        """Graceful stop: close stdin (EOF), wait; kill -9 by PID if it does not exit in time."""
-        proc = self.proc
-        if proc is None:
-            return 0
-        if proc.poll() is None:
-            with contextlib.suppress(OSError):
-                assert proc.stdin is not None
-                proc.stdin.close()
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-                raise AssertionError(f"{self.name} did not stop within {timeout}s") from None
-        self._join_readers()
-        return proc.returncode
-
-    def _join_readers(self) -> None:
-        for thread in self._readers:
-            thread.join(timeout=10)
-        proc = self.proc
-        if proc is not None:
-            for stream in (proc.stdin, proc.stdout, proc.stderr):
-                with contextlib.suppress(OSError):
-                    if stream is not None:
-                        stream.close()
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
 
 class Cluster:
