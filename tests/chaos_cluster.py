@@ -320,9 +320,7 @@ class ChaosCluster:
         """Kill every node still running (by PID) and close every proxy."""
         try:
             for node in self.nodes.values():
-                if node.alive:
-                    node.kill()
-                elif node.proc is not None:
-                    node._join_readers()
+                if node.proc is not None:
+                    node.kill()  # or, if it ended by itself, only join its readers
         finally:
             self.mesh.close()
