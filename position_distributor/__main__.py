@@ -557,7 +557,11 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 MAX_LINE = 4096
-_READ_SIZE = 1 << 16
+# A read of stdin is one submission (about 2,700 trades of "SYMBOL QTY"): small enough that a
+# burst reaches the peers in slices the peers apply while the next is committed here (64 KiB
+# reads left each node idle a third of a burst), large enough that a slice's commit, write and
+# send cost little per trade (see docs/performance.md, round three).
+_READ_SIZE = 1 << 15
 
 
 def _chunks_of_lines(stdin: int, stderr: IO[str]) -> Iterator[bytes]:

@@ -50,7 +50,10 @@ __all__ = [
 ]
 
 DEFAULT_MAX_SYMBOLS: Final = 200_000  # per strategy: bounds what a peer can make us hold
-_MAX_BATCH: Final = 8192  # trades or messages per batch: bounds a transaction and a write
+_MAX_BATCH: Final = 8192  # messages per batch: bounds a transaction and a write
+# Trades per batch: a busy trade consumer takes at most this many of the reads queued (a
+# burst's slices stay slices, so the peers apply one while the next is committed).
+_MAX_TRADE_BATCH: Final = 4096
 _MAX_QUEUED: Final = 64  # items waiting in each consumer's queue (a read of stdin or a socket)
 _STORE_ERROR_EVERY: Final = 60.0  # seconds between ERROR lines while the store keeps failing
 _REFUSED_SHOWN: Final = 5  # trades named in the error line of a refused batch
@@ -215,7 +218,7 @@ class Engine:
         self._publish_lock = threading.Lock()
         self._subscribers: tuple[Subscriber, ...] = ()
         self._every_change = False  # whether a subscriber wants every change (publish lock)
-        # Lists of trades (a console burst of up to one 64 KiB read, or one API trade);
+        # Lists of trades (a console burst of up to one 32 KiB read, or one API trade);
         # bounded, so typing faster than trades apply blocks the console (backpressure)
         # instead of growing memory: at most 64 reads are waiting.
         # Each item also carries the time.monotonic() of its submission (for /metrics).
@@ -224,7 +227,7 @@ class Engine:
             self._apply_trades,
             size=_trade_count,
             maxsize=max_queue,
-            max_batch=_MAX_BATCH,
+            max_batch=_MAX_TRADE_BATCH,
             # A burst is applied by the thread while the console reads the next one.
             max_inline=256,
             on_error=self._fail,
