@@ -202,10 +202,21 @@ class Book:
         """Bring the digest of ``strategy`` up to date after its entries for the symbols of
         ``previous`` were changed through ``symbols()``: ``previous`` holds what each one was
         before the change (None: absent)."""
-        symbols = self._by_strategy.get(strategy, {})
+        get = self._by_strategy.get(strategy, {}).get
         xor = self._xor.get(strategy, 0)
+        # entry_hash() of each entry before and after, written out (no call for an absent
+        # one): this runs once per symbol changed, on every batch of both consumers.
+        pack = _PACK
+        blake2b = _BLAKE2B
+        from_bytes = int.from_bytes
         for symbol, old in previous.items():
-            xor ^= entry_hash(old) ^ entry_hash(symbols.get(symbol))
+            if old is not None:
+                data = old[1].encode() + pack(old[2], old[3])
+                xor ^= from_bytes(blake2b(data, digest_size=DIGEST_SIZE).digest(), "little")
+            new = get(symbol)
+            if new is not None:
+                data = new[1].encode() + pack(new[2], new[3])
+                xor ^= from_bytes(blake2b(data, digest_size=DIGEST_SIZE).digest(), "little")
         self._xor[strategy] = xor
 
     def digest(self, strategy: str) -> tuple[int, bytes]:
