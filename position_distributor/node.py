@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import datetime as dt
 import ipaddress
@@ -165,10 +166,13 @@ class Updates(Subscriber):
     """
 
     def __init__(self, engine: Engine, maxsize: int) -> None:
+        # Checked here: janus 2.0 (on Python 3.10+) makes a queue outside a running loop
+        # without a word, so it no longer refuses a call from plain threaded code.
         try:
-            self._bridge: janus.Queue[Any] = janus.Queue()
-        except RuntimeError as exc:
-            raise NodeError("updates() is for asyncio code: call it in a running loop") from exc
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise NodeError("updates() is for asyncio code: call it in a running loop") from None
+        self._bridge: janus.Queue[Any] = janus.Queue()
         self._engine = engine
         self._maxsize = maxsize
         # Mutex protecting _pending (changes delivered, not yet taken) and overflowed.

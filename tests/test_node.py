@@ -312,6 +312,13 @@ def test_updates_on_a_node_that_is_not_running_raises_node_error(nodes: Nodes) -
         run(first())
 
 
+def test_updates_outside_a_running_event_loop_raises_node_error(nodes: Nodes) -> None:
+    """updates() called from plain threaded code, not in a running loop, raises NodeError."""
+    node, _ = nodes.start("alpha")
+    with pytest.raises(NodeError, match="call it in a running loop"):
+        node.updates()
+
+
 # Lifecycle.
 
 
