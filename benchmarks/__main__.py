@@ -106,11 +106,11 @@ def _attempt(label: str, fn: Any, *args: Any) -> tuple[dict[str, float] | None, 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.render is not None:
-        results = json.loads(args.render.read_text())
-        _log(report.table(results))
+        saved = json.loads(args.render.read_text())
+        _log(report.table(saved))
         if args.docs is not False:
-            PLOT.write_text(report.svg(results))
-            _update_doc(report.markdown_table(results))
+            PLOT.write_text(report.svg(saved))
+            _update_doc(report.markdown_table(saved))
             _log(
                 f"updated {PLOT.relative_to(ROOT)} and the results table of {DOC.relative_to(ROOT)}"
             )

@@ -206,6 +206,8 @@ class Proc(ChildProcess):
                 self.cond.wait(min(remaining, 0.2))
 
     def log_tail(self, lines: int = 20) -> str:
+        if self.log is None:
+            return ""
         with contextlib.suppress(OSError):
             return "".join(self.log.read_text(errors="replace").splitlines(True)[-lines:])
         return ""
@@ -316,6 +318,15 @@ class NodeProc(RowsProc):
             db.close()
 
 
+def _port_of(peer: NodeProc | int) -> int:
+    """The port to dial ``peer`` at; a node without a listener cannot be dialled."""
+    if not isinstance(peer, NodeProc):
+        return peer
+    if peer.port is None:
+        raise BenchError(f"{peer.name} does not listen: it cannot be a peer to dial")
+    return peer.port
+
+
 def _diff(got: dict[Key, float], expected: dict[Key, float], limit: int = 5) -> str:
     wrong = [k for k in expected if got.get(k) != expected[k]]
     extra = [k for k in got if k not in expected]
@@ -387,7 +398,7 @@ class Cluster:
         node = NodeProc(
             name,
             (port or free_port()) if listen else None,
-            [p.port if isinstance(p, NodeProc) else p for p in peers],
+            [_port_of(p) for p in peers],
             data_dir=data_dir or self.root / name,
             log=self.root / f"{name}.log",
             **kwargs,
@@ -427,8 +438,8 @@ class Cluster:
                     seen = stamps.setdefault(key, (ts, node.name))
                     if seen[0] != ts:
                         raise BenchError(
-                            f"NODES DISAGREE on {key}: timestamp {ts} on {node.name},"
-                            f" {seen[0]} on {seen[1]}"
+                            f"NODES DISAGREE on {key}: timestamp {ts.decode()} on {node.name},"
+                            f" {seen[0].decode()} on {seen[1]}"
                         )
 
     def stop_and_check_stores(self, expected: dict[str, dict[Key, float]]) -> None:

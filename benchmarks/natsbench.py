@@ -153,8 +153,8 @@ class NatsTransport(Transport):
             node.start()
         # The server stops after the nodes (Cluster stops its processes in order).
         server_proc = next(p for p in c.procs if isinstance(p, _ServerProc))
-        c.procs.remove(server_proc)  # type: ignore[arg-type]
-        c.procs.append(server_proc)  # type: ignore[arg-type]
+        c.procs.remove(server_proc)
+        c.procs.append(server_proc)
         return nodes
 
 

@@ -133,7 +133,9 @@ def _lines(trades: list[tuple[str, int]]) -> bytes:
     return "".join(f"{symbol} {qty}\n" for symbol, qty in trades).encode()
 
 
-def _warm_up(nodes: list[NodeProc], links: dict[str, list[str]], timeout: float = 60.0) -> dict:
+def _warm_up(
+    nodes: list[NodeProc], links: dict[str, list[str]], timeout: float = 60.0
+) -> dict[str, dict[Key, float]]:
     """Each node trades ``WARM 1``; wait until every node sees it from every linked node.
 
     Proves every connection is up (and synced) before the measured part starts. Returns the
