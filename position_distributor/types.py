@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 from typing import NamedTuple
@@ -65,8 +64,9 @@ def format_row(position: Position) -> str:
 
 def format_rows(positions: list[Position]) -> str:
     """The rows of ``positions``, each ended by a newline, for one write: the one place a
-    row is formatted (all of them in one ``%``, a fifth cheaper than one per row)."""
-    return (ROW_LINE * len(positions)) % tuple(itertools.chain.from_iterable(positions))
+    row is formatted. (One ``%`` over a whole batch's values was 0.05-0.1 µs a row cheaper,
+    but its 400,000-item tuple for the start's 100,000 rows left the process 2-4 MiB larger.)"""
+    return "".join([ROW_LINE % p for p in positions])
 
 
 def valid_symbol(symbol: str) -> bool:
