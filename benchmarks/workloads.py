@@ -401,7 +401,10 @@ def w2_latency(settings: Settings, run: int) -> Metrics:
 
 
 def _prepare_store(data_dir: Path, name: str, count: int) -> dict[Key, float]:
-    """A store holding ``count`` positions of ``name``, made with the project's Store."""
+    """A store holding ``count`` positions of ``name``, made with the project's Store as the
+    node makes it: each position with the journal entry of the trade that made it (a store
+    without them would have the node log an ERROR per position at its start, the journal
+    check's)."""
     from position_distributor.store import Store
     from position_distributor.types import Position
 
@@ -409,7 +412,9 @@ def _prepare_store(data_dir: Path, name: str, count: int) -> dict[Key, float]:
     positions = [Position(name, f"S{i:06d}", float(i % 1000) + 0.25, ts + i) for i in range(count)]
     store = Store(data_dir, name)
     try:
-        store.commit(positions, ts + count)
+        store.commit_trades(
+            ts, [(p.symbol, p.net_position, p.net_position, p.timestamp) for p in positions]
+        )
         store.mark_recovered()
     finally:
         store.close()
