@@ -473,26 +473,27 @@ class Store:
         rows: Iterable[tuple[Any, ...]],
         shared: tuple[Any, ...] = (),
     ) -> None:
-        """Run an insert for many rows, ``_ROWS_PER_STATEMENT`` at a time: one statement for
-        many rows costs SQLite and the sqlite3 module half as much per row as executemany.
+        """Run an insert for many rows, ``_ROWS_PER_STATEMENT`` at a time, then the rest in
+        halving sizes (128, 64, ... 1 rows): one statement for many rows costs SQLite and the
+        sqlite3 module half as much per row as executemany, and the few sizes keep the
+        statements in the module's cache.
 
         ``statement`` is (the insert up to VALUES, one row's placeholders, what follows);
         ``shared`` are the values of numbered parameters every row uses (``?1``...), bound
         once per statement.
         """
         rows = list(rows)
-        whole = len(rows) - len(rows) % _ROWS_PER_STATEMENT
         head, values, tail = statement
         flat = itertools.chain.from_iterable
-        if whole:
-            sql = head + ", ".join([values] * _ROWS_PER_STATEMENT) + tail
-            for start in range(0, whole, _ROWS_PER_STATEMENT):
-                self._db.execute(sql, [*shared, *flat(rows[start : start + _ROWS_PER_STATEMENT])])
-        if whole < len(rows):
-            rest = rows[whole:]
-            self._db.executemany(
-                head + values + tail, [shared + row for row in rest] if shared else rest
-            )
+        execute = self._db.execute
+        size = _ROWS_PER_STATEMENT
+        start = 0
+        while start < len(rows):
+            while len(rows) - start < size:
+                size //= 2
+            sql = head + ", ".join([values] * size) + tail
+            execute(sql, [*shared, *flat(rows[start : start + size])])
+            start += size
 
     def history(self, symbol: str, limit: int) -> list[JournalEntry]:
         """The last ``limit`` own trades in ``symbol``, oldest first."""
