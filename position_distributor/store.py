@@ -139,24 +139,36 @@ class SnapshotInfo(NamedTuple):
 
 
 class _Checkpointer:
-    """Copies the WAL back into the database file in a thread of its own, every
-    ``every`` commits, so that no commit waits for it (a passive checkpoint on its own
-    connection never blocks the node's writes)."""
+    """Copies the WAL back into the database file in a thread of its own, every ``every``
+    commits or sooner once they wrote ``max_rows`` rows, so that no commit waits for it (a
+    passive checkpoint on its own connection never blocks the node's writes).
 
-    def __init__(self, path: Path, every: int = 200) -> None:
+    A checkpoint still slows the commits that run while it flushes (10-50 ms): measured, a
+    commit caught in it may take milliseconds. Lone trades write a few rows each, so a
+    checkpoint every 1,000 of their commits instead of 200 catches fewer of them; bursts
+    write thousands of rows per commit, and ``max_rows`` keeps their WAL about as small as
+    before (1,000,000 rows: 120-240 batches of 4,096 trades). See docs/performance.md, "W2
+    in round four".
+    """
+
+    def __init__(self, path: Path, every: int = 1000, max_rows: int = 1_000_000) -> None:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._every = every
+        self._max_rows = max_rows
         self._commits = 0  # since the last request, counted by the committing thread
+        self._rows_at = 0  # the writer's total_changes at the last request
         self._wake = threading.Event()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="checkpoint", daemon=True)
         self._thread.start()
 
-    def committed(self) -> None:
-        """Count a commit (the caller holds the store's publish lock)."""
+    def committed(self, total_changes: int) -> None:
+        """Count a commit; ``total_changes`` is the writing connection's count of rows
+        changed so far (the caller holds the store's publish lock)."""
         self._commits += 1
-        if self._commits >= self._every:
+        if self._commits >= self._every or total_changes - self._rows_at >= self._max_rows:
             self._commits = 0
+            self._rows_at = total_changes
             self._wake.set()
 
     def close(self) -> None:
@@ -198,7 +210,15 @@ class Store:
     Not thread-safe: the engine calls ``commit`` under its publish lock.
     """
 
-    def __init__(self, data_dir: Path | str, name: str, *, fsync: bool = False) -> None:
+    def __init__(
+        self,
+        data_dir: Path | str,
+        name: str,
+        *,
+        fsync: bool = False,
+        checkpoint_every: int = 1000,
+        checkpoint_rows: int = 1_000_000,
+    ) -> None:
         self.path = Path(data_dir) / f"{name}.sqlite3"
         self.name = name
         data_dir = Path(data_dir)
@@ -223,7 +243,7 @@ class Store:
             db.executescript(_SCHEMA)
             self._init_meta()
             self._identity = _identity(self.path)
-            self._checkpointer = _Checkpointer(self.path)
+            self._checkpointer = _Checkpointer(self.path, checkpoint_every, checkpoint_rows)
         except (sqlite3.Error, StoreError) as exc:
             if db is not None:
                 db.close()
@@ -402,7 +422,7 @@ class Store:
             if isinstance(exc, sqlite3.Error) and not isinstance(exc, _BUGS):
                 raise StoreError(f"cannot store in {self.path}: {exc}") from exc
             raise
-        self._checkpointer.committed()
+        self._checkpointer.committed(db.total_changes)
 
     def commit_trades(
         self,
@@ -431,7 +451,7 @@ class Store:
             if isinstance(exc, sqlite3.Error) and not isinstance(exc, _BUGS):
                 raise StoreError(f"cannot store in {self.path}: {exc}") from exc
             raise
-        self._checkpointer.committed()
+        self._checkpointer.committed(db.total_changes)
 
     def _roll_back(self) -> None:
         """Roll back the open transaction, if SQLite has not already (it does by itself on

@@ -14,6 +14,7 @@ from position_distributor.store import SCHEMA_VERSION, JournalEntry, Store, Stor
 from position_distributor.types import Position
 
 from .procs import run_as_user
+from .waiting import wait_until
 
 AAPL = Position("alpha", "AAPL", 100.0, 1_742_308_549_773_254_000)
 MSFT = Position("alpha", "MSFT", -5.5, 1_742_308_549_773_254_001)
@@ -365,3 +366,32 @@ def test_a_read_only_data_dir_gives_a_clear_store_error(tmp_path: Path) -> None:
     assert re.search(
         rf"(?i)cannot write to data dir {re.escape(str(data_dir))}: permission", message
     ), message
+
+
+def _main_file_size(store: Store) -> int:
+    """Bytes in the database file itself: only a checkpoint writes there (commits go to the WAL)."""
+    return store.path.stat().st_size
+
+
+def test_lone_commits_are_checkpointed_every_thousand_commits(store: Store) -> None:
+    """A commit of one position each: the WAL is copied into the database file at the
+    1,000th commit, not before (a checkpoint slows the commits made during it)."""
+    before = _main_file_size(store)
+    for i in range(999):
+        store.commit([AAPL._replace(symbol=f"S{i:04d}", timestamp=AAPL.timestamp + i)], None)
+    assert _main_file_size(store) == before
+    store.commit([AAPL._replace(symbol="S0999", timestamp=AAPL.timestamp + 999)], None)
+    wait_until(lambda: _main_file_size(store) > before, what="a checkpoint after 1,000 commits")
+
+
+def test_commits_of_many_rows_are_checkpointed_sooner(tmp_path: Path) -> None:
+    """Once the commits since the last checkpoint wrote ``checkpoint_rows`` rows, the next
+    checkpoint starts, however few commits that took (a burst's WAL stays small)."""
+    store = Store(tmp_path, "alpha", checkpoint_rows=500)
+    try:
+        before = _main_file_size(store)
+        rows = [AAPL._replace(symbol=f"S{i:04d}", timestamp=AAPL.timestamp + i) for i in range(500)]
+        store.commit(rows, None)
+        wait_until(lambda: _main_file_size(store) > before, what="a checkpoint after 500 rows")
+    finally:
+        store.close()
