@@ -6,6 +6,7 @@ import enum
 import hashlib
 import math
 import struct
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final
 
@@ -23,6 +24,10 @@ class Refused(enum.Enum):
 
 
 DIGEST_SIZE: Final = 16  # bytes of a strategy's digest
+# Symbols of one strategy changed and not yet hashed into its digest, at most: beyond, they
+# are hashed at once (bounds the memory and the pause of a digest read; a burst below it
+# applies without hashing).
+_MAX_CHANGED: Final = 32_768
 _PACK = struct.Struct("<dq").pack
 _BLAKE2B = hashlib.blake2b
 
@@ -71,10 +76,16 @@ class Book:
     def __init__(self, positions: Iterable[Position] = ()) -> None:
         # strategy -> symbol -> position, so one strategy's positions are one lookup away.
         self._by_strategy: dict[str, dict[str, Position]] = {}
-        # strategy -> XOR of entry_hash() of its positions (see digest()).
+        # strategy -> XOR of entry_hash() of its positions as they were at the last fold.
         self._xor: dict[str, int] = {}
+        # strategy -> symbol -> its entry at the last fold (None: absent), for every symbol
+        # changed since: the digest hashes them when it is read (see digest()), so a burst
+        # applies without hashing, and a symbol changed many times in between is hashed once.
+        self._changed: dict[str, dict[str, Position | None]] = {}
         for position in positions:
             self.apply(position)
+        for strategy in list(self._changed):
+            self._fold(strategy)  # a loaded book: hashed now, not at the first digest read
 
     def __len__(self) -> int:
         return sum(map(len, self._by_strategy.values()))
@@ -95,17 +106,22 @@ class Book:
             timestamp < current[3] or (timestamp == current[3] and net <= current[2])
         ):
             return False  # (timestamp, net) <= the current entry's
-        stored = symbols[symbol] = position if net != 0.0 else _one_zero(position)
-        xor = self._xor
-        xor[strategy] = xor.get(strategy, 0) ^ entry_hash(current) ^ entry_hash(stored)
+        symbols[symbol] = position if net != 0.0 else _one_zero(position)
+        changed = self._changed.get(strategy)
+        if changed is None:
+            self._changed[strategy] = {symbol: current}
+        elif symbol not in changed:
+            changed[symbol] = current
+            if len(changed) > _MAX_CHANGED:
+                self._fold(strategy)
         return True
 
     def merge_many(self, strategy: str, positions: Iterable[Position]) -> list[Position]:
         """Merge ``positions``, each of ``strategy``, in order, as ``apply`` does each; return
         those that changed the book, as stored (-0.0 spelt 0.0).
 
-        The receiver's path for a read of a peer's positions: one rehash for the batch, two
-        hashes per symbol changed instead of two per position.
+        The receiver's path for a read of a peer's positions (the changes are hashed when
+        the digest is next read).
         """
         symbols = self.symbols(strategy)
         get = symbols.get
@@ -175,7 +191,7 @@ class Book:
                 previous[symbol] = current
             own[symbol] = position = new(Position, (strategy, symbol, net, timestamp))
             append(position)
-        self.rehash(strategy, previous)  # the digest: two hashes per symbol changed
+        self.rehash(strategy, previous)  # the digest hashes them when it is next read
         return results
 
     def replace(self, position: Position) -> bool:
@@ -195,21 +211,38 @@ class Book:
         symbols = self._by_strategy.get(strategy)
         current = None if symbols is None else symbols.pop(symbol, None)
         if current is not None:
-            self._xor[strategy] = self._xor.get(strategy, 0) ^ entry_hash(current)
+            self.rehash(strategy, {symbol: current})
         return current
 
     def rehash(self, strategy: str, previous: Mapping[str, Position | None]) -> None:
-        """Bring the digest of ``strategy`` up to date after its entries for the symbols of
+        """Keep the digest of ``strategy`` right after its entries for the symbols of
         ``previous`` were changed through ``symbols()``: ``previous`` holds what each one was
-        before the change (None: absent)."""
+        before the change (None: absent). The hashing is done when the digest is next read
+        (or once more than ``_MAX_CHANGED`` symbols wait for it)."""
+        changed = self._changed.get(strategy)
+        if changed is None:
+            self._changed[strategy] = dict(previous)
+            changed = self._changed[strategy]
+        else:
+            # The entry at the last fold wins over a later one: setdefault, in one C loop.
+            deque(map(changed.setdefault, previous.keys(), previous.values()), maxlen=0)
+        if len(changed) > _MAX_CHANGED:
+            self._fold(strategy)
+
+    def _fold(self, strategy: str) -> None:
+        """Hash the symbols of ``strategy`` changed since the last fold into its digest: out
+        with each one's entry then, in with its entry now."""
+        changed = self._changed.pop(strategy, None)
+        if not changed:
+            return
         get = self._by_strategy.get(strategy, {}).get
         xor = self._xor.get(strategy, 0)
         # entry_hash() of each entry before and after, written out (no call for an absent
-        # one): this runs once per symbol changed, on every batch of both consumers.
+        # one): this runs once per symbol changed between two digests.
         pack = _PACK
         blake2b = _BLAKE2B
         from_bytes = int.from_bytes
-        for symbol, old in previous.items():
+        for symbol, old in changed.items():
             if old is not None:
                 data = old[1].encode() + pack(old[2], old[3])
                 xor ^= from_bytes(blake2b(data, digest_size=DIGEST_SIZE).digest(), "little")
@@ -220,7 +253,9 @@ class Book:
         self._xor[strategy] = xor
 
     def digest(self, strategy: str) -> tuple[int, bytes]:
-        """How many positions of ``strategy`` are held, and the XOR of their hashes."""
+        """How many positions of ``strategy`` are held, and the XOR of their hashes (the
+        changes since the last read hashed first)."""
+        self._fold(strategy)
         count = len(self._by_strategy.get(strategy, ()))
         return count, self._xor.get(strategy, 0).to_bytes(DIGEST_SIZE, "little")
 

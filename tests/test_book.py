@@ -336,7 +336,10 @@ digest_positions = st.builds(
     st.integers(1, 50),
 )
 operations = st.lists(
-    st.tuples(st.sampled_from(["apply", "replace", "discard", "owner"]), digest_positions),
+    st.tuples(
+        st.sampled_from(["apply", "replace", "discard", "owner", "merge", "read"]),
+        digest_positions,
+    ),
     max_size=60,
 )
 
@@ -353,12 +356,17 @@ def recomputed(book: Book, strategy: str) -> tuple[int, bytes]:
 def test_digest_is_the_xor_of_the_entries_whatever_the_changes(
     ops: list[tuple[str, Position]],
 ) -> None:
-    """After any mix of merges, repairs, removals and the owner's own trades, each
+    """After any mix of merges, repairs, removals and the owner's own trades, with the
+    digest read at any points in between (the changes are hashed when it is read), each
     strategy's digest equals the one computed from its entries."""
     book = Book()
     clock = Clock(100)
     for op, position in ops:
-        if op == "apply":
+        if op == "read":
+            assert book.digest(position.strategy) == recomputed(book, position.strategy)
+        elif op == "merge":
+            book.merge_many(position.strategy, [position, position._replace(symbol="Y")])
+        elif op == "apply":
             book.apply(position)
         elif op == "replace":
             book.replace(position)
@@ -370,6 +378,27 @@ def test_digest_is_the_xor_of_the_entries_whatever_the_changes(
             )
     for strategy in ("s1", "s2"):
         assert book.digest(strategy) == recomputed(book, strategy)
+
+
+def test_a_burst_beyond_the_changes_kept_is_hashed_as_it_goes() -> None:
+    """More changed symbols than the digest keeps for later are hashed during the burst, not
+    all at the next read; the digest is the same as computed from the entries."""
+    book = Book()
+    positions = [Position("s1", f"S{i}", float(i), 10 + i) for i in range(40_000)]
+    for start in range(0, len(positions), 5_000):
+        book.merge_many("s1", positions[start : start + 5_000])
+    book.trade_many("s1", [("S1", 1.0), ("NEW", 2.0)], Clock(10**6), 10**6)
+    assert book.digest("s1") == recomputed(book, "s1")
+
+
+def test_a_loaded_book_is_hashed_at_once() -> None:
+    """A book built from stored positions has its digests hashed when built (not at the first
+    read), and they are those computed from its entries."""
+    positions = [Position(s, f"S{i}", float(i), 10 + i) for s in ("s1", "s2") for i in range(50)]
+    book = Book(positions)
+    assert book._changed == {}
+    assert book.digest("s1") == recomputed(book, "s1")
+    assert book.digest("s2") == recomputed(book, "s2")
 
 
 @given(st.lists(digest_positions, max_size=40), st.randoms())
