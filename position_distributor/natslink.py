@@ -163,6 +163,13 @@ class NatsLink:
         self.longest_gap = 0.0  # the longest stretch of failed puts (seconds)
         self._wake_pending = False  # a flush is scheduled (under _lock)
         self._reconcile_against: dict[str, Position] = {}  # the bucket's own values, last read
+        self._against_epoch = 0  # the read that _reconcile_against comes from
+        self._epoch = 0  # reads of the bucket begun (under _lock)
+        # Own positions this node is putting itself, so a reconcile need not (under _lock):
+        # symbol -> (the read they were handed to the flusher or written in, timestamp), and
+        # symbol -> timestamp of the put in flight.
+        self._handled: dict[str, tuple[int, int]] = {}
+        self._in_flight: dict[str, int] = {}
         # Loop-only state (touched only in the asyncio thread).
         self._nc: Any = None
         self._js: Any = None
@@ -177,6 +184,7 @@ class NatsLink:
         self._initial: list[Position | SyncDone] = []
         self._initial_own: dict[str, Position] = {}
         self._reading = False  # the current watcher is still delivering its initial values
+        self._read_epoch = 0  # the epoch of the current watcher's read
         self._read_once = False  # the bucket was read: the own keys' revisions are known
         self._seen_rev = 0  # highest stream sequence the watcher delivered
         self._revs: dict[str, tuple[int, bytes]] = {}  # own symbol -> the key's last known
@@ -237,8 +245,10 @@ class NatsLink:
             return 0
         with self._lock:
             outbox = self._outbox
+            handled, epoch = self._handled, self._epoch
             for position in own:
                 outbox[position.symbol] = position
+                handled[position.symbol] = (epoch, position.timestamp)
             wake = not self._wake_pending
             self._wake_pending = True
         if wake:
@@ -296,13 +306,24 @@ class NatsLink:
             return len(self._outbox)
 
     def reconcile(self, own: list[Position]) -> None:
-        """Own positions that the last read of the bucket lacks, or holds older, are put."""
-        against = self._reconcile_against
-        missing = [
-            p
-            for p in own
-            if (held := against.get(p.symbol)) is None or held.timestamp < p.timestamp
-        ]
+        """Own positions that the last read of the bucket lacks, or holds older, are put,
+        unless this node is putting them itself: published, in flight, or written since that
+        read began (the read cannot have seen them; putting them again would write them twice).
+        """
+        against, epoch = self._reconcile_against, self._against_epoch
+        with self._lock:
+            handled, in_flight = self._handled, self._in_flight
+            missing = [
+                p
+                for p in own
+                if ((held := against.get(p.symbol)) is None or held.timestamp < p.timestamp)
+                and in_flight.get(p.symbol, -1) < p.timestamp
+                and not (
+                    (mine := handled.get(p.symbol)) is not None
+                    and mine[0] >= epoch
+                    and mine[1] >= p.timestamp
+                )
+            ]
         if missing:
             logger.info(
                 "{} own position(s) missing or older in bucket {}: putting them",
@@ -339,7 +360,7 @@ class NatsLink:
                 if kind == "message":
                     fire(Event.MESSAGE, bucket, payload)
                 elif kind == "connected":
-                    self._reconcile_against = payload
+                    self._against_epoch, self._reconcile_against = payload
                     fire(Event.CONNECTED, bucket)
                 else:
                     fire(Event.CLOSED, bucket, payload)
@@ -624,6 +645,9 @@ class NatsLink:
             self._sub = None
         self._generation += 1
         generation = self._generation
+        with self._lock:
+            self._epoch += 1
+            self._read_epoch = self._epoch
         self._initial = []
         self._initial_own = {}
         self._initial_done.clear()
@@ -753,7 +777,9 @@ class NatsLink:
                         if strategy != name:
                             self._seen[strategy] = (keys, now)
                 await self._bridge.async_q.put(("message", initial))
-                await self._bridge.async_q.put(("connected", dict(self._initial_own)))
+                await self._bridge.async_q.put(
+                    ("connected", (self._read_epoch, dict(self._initial_own)))
+                )
                 self._initial_done.set()
 
     def _reconcile_after_delete(self) -> None:
@@ -825,13 +851,21 @@ class NatsLink:
                         break
                     batch = []
                     for symbol in list(self._outbox)[:_BATCH]:
-                        batch.append(self._outbox.pop(symbol))
+                        position = self._outbox.pop(symbol)
+                        batch.append(position)
+                        self._in_flight[symbol] = position.timestamp
                 results = await asyncio.gather(*(self._put(p) for p in batch))
                 failed = [p for p, ok in zip(batch, results, strict=True) if not ok]
-                if failed:
-                    with self._lock:
-                        for position in failed:
+                with self._lock:
+                    for position, ok in zip(batch, results, strict=True):
+                        del self._in_flight[position.symbol]
+                        mine = self._handled.get(position.symbol)
+                        if ok and (mine is None or mine[1] <= position.timestamp):
+                            # written (or found written) as of this read
+                            self._handled[position.symbol] = (self._epoch, position.timestamp)
+                        else:
                             self._outbox.setdefault(position.symbol, position)
+                if failed:
                     if failing_since is None:
                         failing_since = time.monotonic()
                     await asyncio.sleep(backoff)

@@ -220,11 +220,15 @@ class LostAckProxy:
                 _close(client)
 
     def _cut(self, client: socket.socket, server: socket.socket) -> None:
-        """Close the client's side now; let the server read the publish, then its EOF."""
+        """Close the client's side now; let the server read the publish, then its EOF.
+
+        ``cut`` is set before the client's side is closed: the client reconnects as soon as
+        it sees the end, and that connection must find the cut (and its hold) in place.
+        """
+        self.cut.set()
         _close(client)
         with contextlib.suppress(OSError):
             server.shutdown(socket.SHUT_WR)  # the server reads all we sent, then the end
-        self.cut.set()
 
 
 def _close(sock: socket.socket) -> None:
