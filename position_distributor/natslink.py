@@ -734,7 +734,11 @@ class NatsLink:
                     symbol = position.symbol
                     if reading:
                         self._initial_own[symbol] = position
-                        self._revs[symbol] = (revision, bytes(msg.data))
+                        # A put acknowledged after this read began knows a newer revision:
+                        # keep it, or the next put would expect an older one and take its own
+                        # write for another writer's.
+                        if revision > self._revs.get(symbol, (0, b""))[0]:
+                            self._revs[symbol] = (revision, bytes(msg.data))
                         self._sent_ts[symbol] = max(
                             self._sent_ts.get(symbol, 0), position.timestamp
                         )
