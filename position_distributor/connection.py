@@ -59,6 +59,7 @@ _POSITIONS: Final = {Position}  # the types of a read that holds positions only
 _SYNC_SLICE: Final = 2048  # positions encoded and queued at a time by a sync
 _STOP: Final = None  # writer sentinel: send what is queued before it, then shut down
 _BYE: Final = "closed by the peer: "
+_TCP_CLOSE: Final = 7  # linux/tcp_states.h: TCP_CLOSE, where an RST leaves a socket
 # A connection heard from within this many of its peer's heartbeat intervals is alive: a
 # second process claiming its strategy is a duplicate, not the same node restarted.
 _ALIVE_HEARTBEATS: Final = 3
@@ -119,6 +120,17 @@ def _more(unsaid: int, interval: float) -> str:
     if not unsaid:
         return ""
     return f" ({unsaid} more like it in the last {interval:g}s, not shown)"
+
+
+def _reset(sock: socket.socket) -> bool:
+    """Whether the connection ended with the peer's RST (TCP state CLOSE), not its FIN
+    (CLOSE_WAIT). After an RST, ``recv`` returns the error once, to whichever thread asks
+    first: when the writer's ``send`` took it, the reader's ``recv`` sees only an end."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)
+    except (OSError, AttributeError):  # not Linux, or not TCP
+        return False
+    return info[0] == _TCP_CLOSE
 
 
 def _describe(exc: BaseException) -> str:
@@ -418,7 +430,11 @@ class Connection:
                         reason = f"no Hello within {limits.hello_timeout:g}s"
                     break
                 if not data:
-                    reason = "connection closed by the peer"
+                    reason = (
+                        "connection reset by peer"
+                        if _reset(sock)
+                        else "connection closed by the peer"
+                    )
                     break
                 if self._closing is not None:
                     break  # closed by another thread (replaced, too slow, stopping)
