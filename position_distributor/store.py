@@ -9,7 +9,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -400,10 +400,7 @@ class Store:
         ``(trade_id, journal timestamp)`` and the clock in one transaction. ``clock`` may be
         None when what is stored implies it (``load`` takes the greatest own timestamp
         stored): the engine's case, one statement less a commit."""
-        db = self._db
-        self._check_file()
-        try:
-            db.execute("BEGIN")
+        with self._writing() as db:
             self._insert_many(_UPSERT_ROWS, positions)
             self._insert_many(_JOURNAL_ROWS, journal)
             if bases:
@@ -416,13 +413,6 @@ class Store:
                 self._insert_many(_TRADE_ID_ROWS, trade_ids)
             if clock is not None:
                 db.execute("UPDATE meta SET value = ? WHERE key = 'clock'", (clock,))
-            db.execute("COMMIT")
-        except BaseException as exc:
-            self._roll_back()
-            if isinstance(exc, sqlite3.Error) and not isinstance(exc, _BUGS):
-                raise StoreError(f"cannot store in {self.path}: {exc}") from exc
-            raise
-        self._checkpointer.committed(db.total_changes)
 
     def commit_trades(
         self,
@@ -437,14 +427,22 @@ class Store:
         are bound once, for its journal entry; the positions are written from those rows."""
         if not trades:
             return
-        db = self._db
-        self._check_file()
-        try:
-            db.execute("BEGIN")
+        with self._writing() as db:
             self._insert_many(_TRADE_ROWS, trades, (time_ns,))
             db.execute(_OWN_FROM_JOURNAL, (self.name, trades[0][3], trades[-1][3]))
             if trade_ids:
                 self._insert_many(_TRADE_ID_ROWS, trade_ids)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction of the node's commits: the file checked first, rolled back
+        on any failure (SQLite's own as a ``StoreError``), counted for the checkpointer once
+        committed."""
+        db = self._db
+        self._check_file()
+        try:
+            db.execute("BEGIN")
+            yield db
             db.execute("COMMIT")
         except BaseException as exc:
             self._roll_back()
