@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import sqlite3
+import subprocess
 import tempfile
 import threading
 import time
@@ -468,3 +469,25 @@ class Cluster:
                     proc.stop(timeout=10)
             proc.kill()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def source_commit() -> str:
+    """The commit the benchmarks ran on, and whether the package had uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "position_distributor"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" + uncommitted changes to position_distributor/" if dirty else "")

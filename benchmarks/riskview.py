@@ -43,7 +43,7 @@ import time
 from typing import Any
 
 from . import workloads
-from .harness import ROOT, BenchError, Cluster, NodeProc, free_port
+from .harness import ROOT, BenchError, Cluster, NodeProc, free_port, source_commit
 
 RESULTS = ROOT / "benchmarks" / "results" / "riskview.json"
 DOC = ROOT / "docs" / "performance.md"
@@ -405,21 +405,6 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _commit() -> str:
-    import subprocess
-
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.riskview", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer samples and runs")
@@ -437,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     over = overhead(runs, args.quick)
     result = {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": _commit(),
+        "commit": source_commit(),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),

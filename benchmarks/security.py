@@ -39,7 +39,6 @@ import shutil
 import socket
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from . import report, workloads
-from .harness import ROOT
+from .harness import ROOT, source_commit
 from .harness import Cluster as _Cluster
 
 MODES = ("none", "secret", "tls", "both")
@@ -301,27 +300,6 @@ def measure_workload(
     return {mode: report.summarize(r) for mode, r in per_mode.items()}
 
 
-def _commit() -> str:
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "position_distributor"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + (" + uncommitted changes to position_distributor/" if dirty else "")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.security",
@@ -352,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="pd-bench-security-"))
     results: dict[str, Any] = {
         "started": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "commit": _commit(),
+        "commit": source_commit(),
         "machine": report.machine(),
         "modes": modes,
     }
