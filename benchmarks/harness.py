@@ -312,7 +312,7 @@ class NodeProc(RowsProc):
             return {
                 (strategy, symbol): net
                 for strategy, symbol, net in db.execute(
-                    "SELECT strategy, symbol, net_position FROM positions"
+                    "SELECT strategy, symbol, net_position FROM book"
                 )
             }
         finally:

@@ -535,11 +535,26 @@ class Engine:
                 self.stats.refused += len(trades)
             else:
                 self._count_trades([(arrived, n) for arrived, n in counts if n])
+                if self._store.fold_due(idle=self._trades.pending <= len(batches)):
+                    self._fold()
         for future, outcome in futures:
             if isinstance(outcome, Exception):
                 future.set_exception(outcome)
             else:
                 future.set_result(outcome)
+
+    def _fold(self) -> None:
+        """Write the own positions of the trades journalled since the last fold to the
+        store's positions table (``Store.fold``): when no more trades wait, or once enough
+        do. Caller holds the publish lock."""
+        try:
+            self._store.fold()
+        except StoreError as exc:
+            logger.warning(
+                "cannot write own positions from the journal to the positions table ({});"
+                " the journal holds them, and the next fold writes them",
+                exc,
+            )
 
     def _refusal(self, refused: Position | Refused, symbol: str, quantity: float) -> str:
         """What to say of an own trade the book refused."""

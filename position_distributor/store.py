@@ -19,7 +19,9 @@ from .types import Position
 
 __all__ = ["SCHEMA_VERSION", "JournalEntry", "SnapshotInfo", "Store", "StoreError", "TradeRow"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Version 2: own positions are written from the journal lazily (see ``Store.fold``); a
+# version 1 store (own positions written in each trade's commit) is taken as it is, folded.
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -74,6 +76,17 @@ CREATE TABLE IF NOT EXISTS snapshot_positions (
     timestamp INTEGER NOT NULL,
     PRIMARY KEY (snapshot_id, strategy, symbol)
 ) WITHOUT ROWID;
+-- Every position the store holds, as a reader of the file should see them: the positions
+-- table, with this node's own positions brought up to date by the journal entries not yet
+-- folded into it (meta 'folded': the last journal timestamp whose position is written
+-- there). The greater timestamp wins: the journal's own entries only go forward.
+CREATE VIEW IF NOT EXISTS book (strategy, symbol, net_position, timestamp) AS
+    SELECT strategy, symbol, net_position, max(timestamp) FROM (
+        SELECT strategy, symbol, net_position, timestamp FROM positions
+        UNION ALL
+        SELECT (SELECT value FROM meta WHERE key = 'strategy'), symbol, net_position, timestamp
+        FROM journal WHERE timestamp > (SELECT value FROM meta WHERE key = 'folded')
+    ) GROUP BY strategy, symbol;
 """
 
 # Inserts as (head, one row's placeholders, tail), for _insert_many.
@@ -98,14 +111,21 @@ _TRADE_ROWS = (
     "(?1, ?, ?, ?, ?)",
     "",
 )
-# The position each symbol is left at by the journal entries stamped from ?2 to ?3 (the
-# last one of each symbol: they are read in timestamp order, the journal's key), stored
-# as the own strategy's (?1): written from the rows just inserted, none of them bound again.
-_OWN_FROM_JOURNAL = (
+# The position each symbol is left at by the journal entries stamped after ?2 (the last
+# one of each symbol), stored as the own strategy's (?1) unless the positions table already
+# holds a newer one (a base learnt from a peer, written by ``commit``): see ``Store.fold``.
+_FOLD = (
     "INSERT INTO positions (strategy, symbol, net_position, timestamp)"
-    " SELECT ?1, symbol, net_position, timestamp FROM journal"
-    " WHERE timestamp BETWEEN ?2 AND ?3 ORDER BY timestamp" + _UPSERT_ROWS[2]
+    " SELECT ?1, symbol, net_position, max(timestamp) FROM journal"
+    " WHERE timestamp > ?2 GROUP BY symbol"
+    + _UPSERT_ROWS[2]
+    + " WHERE excluded.timestamp > positions.timestamp"
 )
+# Journal rows left unfolded before a fold runs while trades still wait (see ``fold_due``),
+# and before one runs at the first idle moment.
+_FOLDED = "SELECT value FROM meta WHERE key = 'folded'"
+FOLD_IDLE_ROWS = 4096
+FOLD_MAX_ROWS = 262_144
 
 
 class JournalEntry(NamedTuple):
@@ -243,6 +263,7 @@ class Store:
             db.executescript(_SCHEMA)
             self._init_meta()
             self._identity = _identity(self.path)
+            self._unfolded = 0  # see unfolded; load() folds what a last run left
             self._checkpointer = _Checkpointer(self.path, checkpoint_every, checkpoint_rows)
         except (sqlite3.Error, StoreError) as exc:
             if db is not None:
@@ -301,7 +322,16 @@ class Store:
                         # position from before it includes them (see lineage).
                         ("lineage", 0),
                         ("created_at_ns", time.time_ns()),
+                        ("folded", 0),
                     ],
+                )
+            elif rows.get("strategy") == self.name and rows.get("schema_version") == 1:
+                # Version 1 wrote each own position in its trade's commit: all folded.
+                db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES"
+                    " ('folded', (SELECT coalesce(max(timestamp), 0) FROM journal)),"
+                    " ('schema_version', ?)",
+                    (SCHEMA_VERSION,),
                 )
             elif rows.get("strategy") != self.name:
                 raise StoreError(
@@ -371,7 +401,9 @@ class Store:
     def load(self) -> tuple[list[Position], int]:
         """Every stored position, and the clock: the greatest timestamp this node issued or
         learnt of its own, from what is stored (own positions, journal, bases) or the clock
-        last committed explicitly."""
+        last committed explicitly. Folds the journal first (see ``fold``): what a crash left
+        unfolded is written now."""
+        self.fold()
         positions = [
             Position(*row)
             for row in self._db.execute(
@@ -421,17 +453,51 @@ class Store:
         trade_ids: Iterable[tuple[str, int]] | None = None,
     ) -> None:
         """Store own trades applied at ``time_ns``, in the order applied (so by increasing
-        timestamp), in one transaction: a journal entry each, the position each symbol is
-        left at (its last trade's) as this strategy's position, and the trade IDs given
+        timestamp), in one transaction: a journal entry each, and the trade IDs given
         ``(trade_id, journal timestamp)``. The trade consumer's commit: each trade's values
-        are bound once, for its journal entry; the positions are written from those rows."""
+        are bound once, for its journal entry.
+
+        The position each trade leaves is in its journal entry: it is written to the
+        positions table later, by ``fold``, for many trades at a time (the ``book`` view
+        reads both meanwhile). A second B-tree written on every trade cost as much as the
+        journal's own.
+        """
         if not trades:
             return
-        with self._writing() as db:
+        with self._writing():
             self._insert_many(_TRADE_ROWS, trades, (time_ns,))
-            db.execute(_OWN_FROM_JOURNAL, (self.name, trades[0][3], trades[-1][3]))
             if trade_ids:
                 self._insert_many(_TRADE_ID_ROWS, trade_ids)
+        self._unfolded += len(trades)
+
+    @property
+    def unfolded(self) -> int:
+        """Own trades committed to the journal whose positions ``fold`` has not written to
+        the positions table yet."""
+        return self._unfolded
+
+    def fold_due(self, idle: bool) -> bool:
+        """Whether ``fold`` should run now: at an idle moment once ``FOLD_IDLE_ROWS`` trades
+        wait for it, or whatever the load once ``FOLD_MAX_ROWS`` do (which bounds the work
+        left to a start after a crash)."""
+        return self._unfolded >= (FOLD_IDLE_ROWS if idle else FOLD_MAX_ROWS)
+
+    def fold(self) -> None:
+        """Write the own positions the journal's entries since the last fold leave (the last
+        entry of each symbol) to the positions table, in one transaction: what ``load``, a
+        snapshot and a reader of the table see. Raises ``StoreError`` if it cannot (the
+        journal keeps them; a later fold writes them)."""
+        with self._writing() as db:
+            self._fold(db)
+        self._unfolded = 0
+
+    def _fold(self, db: sqlite3.Connection) -> None:
+        """``fold``'s statements, in the caller's transaction."""
+        db.execute(_FOLD, (self.name, db.execute(_FOLDED).fetchone()[0]))
+        db.execute(
+            "UPDATE meta SET value = (SELECT coalesce(max(timestamp), 0) FROM journal)"
+            " WHERE key = 'folded'"
+        )
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[sqlite3.Connection]:
@@ -477,7 +543,7 @@ class Store:
         found: dict[tuple[str, str], Position] = {}
         for strategy, symbol in keys:
             row = self._db.execute(
-                "SELECT strategy, symbol, net_position, timestamp FROM positions"
+                "SELECT strategy, symbol, net_position, timestamp FROM book"
                 " WHERE strategy = ? AND symbol = ?",
                 (strategy, symbol),
             ).fetchone()
@@ -617,6 +683,7 @@ class Store:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
+            self._fold(db)
             cursor = db.execute(
                 "INSERT INTO snapshots (taken_at_ns, label, size)"
                 " VALUES (?, ?, (SELECT count(*) FROM positions))",
@@ -635,12 +702,17 @@ class Store:
         except BaseException:
             self._roll_back()
             raise
+        self._unfolded = 0
         return SnapshotInfo(*row)
 
     def close(self) -> None:
         """Close the database and release the lock; idempotent."""
         if self._lock_file.closed:
             return
+        if self._unfolded:
+            # A store left folded reads the same without the book view.
+            with contextlib.suppress(StoreError):
+                self.fold()
         self._checkpointer.close()
         with contextlib.suppress(sqlite3.Error):  # leave a short WAL behind, if we can
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -34,7 +34,7 @@ def seed_store(data_dir: Path, name: str, positions: list[Position], *, recovere
 def stored(path: Path) -> dict[tuple[str, str], tuple[float, int]]:
     """The positions in a store file, read through a separate connection (as another process)."""
     with sqlite3.connect(path) as db:
-        rows = db.execute("SELECT strategy, symbol, net_position, timestamp FROM positions")
+        rows = db.execute("SELECT strategy, symbol, net_position, timestamp FROM book")
         return {(s, sym): (net, ts) for s, sym, net, ts in rows}
 
 
@@ -599,3 +599,31 @@ def test_a_second_node_of_one_name_is_refused_and_nothing_runs_away(
     assert [e.kind for e in first.history("AAPL")] == ["trade", "trade"]
     assert [e.kind for e in second.history("AAPL")] == ["trade"]
     assert not logs.lines_with("sent back as ours")
+
+
+def table(path: Path) -> dict[tuple[str, str], tuple[float, int]]:
+    """The store's positions table alone (own positions not yet folded from the journal are
+    only in the ``book`` view)."""
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT strategy, symbol, net_position, timestamp FROM positions")
+        return {(s, sym): (net, ts) for s, sym, net, ts in rows}
+
+
+def test_own_positions_are_folded_into_the_positions_table_when_the_trades_stop(
+    nodes: Nodes, tmp_path: Path
+) -> None:
+    """Lone trades are journalled (the view shows them) and wait for a fold; a burst of
+    more than FOLD_IDLE_ROWS is folded into the positions table once no more trades wait."""
+    from position_distributor.store import FOLD_IDLE_ROWS
+
+    node, _ = nodes.start("alpha")
+    path = tmp_path / "alpha" / "alpha.sqlite3"
+    for i in range(3):
+        node.trade(f"L{i}", 1).result(timeout=10)
+    assert set(stored(path)) == {("alpha", f"L{i}") for i in range(3)}
+    assert table(path) == {}
+    count = FOLD_IDLE_ROWS + 100
+    node.submit_many([(f"B{i}", 1.0, None, None) for i in range(count)])
+    assert node.flush(timeout=30)
+    assert wait_until(lambda: len(table(path)) == count + 3, timeout=10)
+    assert table(path) == stored(path)

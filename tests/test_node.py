@@ -28,7 +28,7 @@ from .waiting import Recorder, wait_until
 
 def stored(path: Path) -> dict[tuple[str, str], tuple[float, int]]:
     with sqlite3.connect(path) as db:
-        rows = db.execute("SELECT strategy, symbol, net_position, timestamp FROM positions")
+        rows = db.execute("SELECT strategy, symbol, net_position, timestamp FROM book")
         return {(s, sym): (net, ts) for s, sym, net, ts in rows}
 
 

@@ -64,7 +64,7 @@ def fill(fs: Path) -> Path:
 def stored(path: Path) -> dict[tuple[str, str], float]:
     """The positions a store file holds, read by another connection."""
     with contextlib.closing(sqlite3.connect(path)) as db:
-        rows = db.execute("SELECT strategy, symbol, net_position FROM positions")
+        rows = db.execute("SELECT strategy, symbol, net_position FROM book")
         return {(s, sym): net for s, sym, net in rows}
 
 

@@ -33,7 +33,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 def read_rows(path: Path) -> dict[tuple[str, str], tuple[float, int]]:
     """What another process reading the file would see."""
     with sqlite3.connect(path) as db:
-        rows = db.execute("SELECT strategy, symbol, net_position, timestamp FROM positions")
+        rows = db.execute("SELECT strategy, symbol, net_position, timestamp FROM book")
         return {(s, sym): (net, ts) for s, sym, net, ts in rows}
 
 
@@ -395,3 +395,130 @@ def test_commits_of_many_rows_are_checkpointed_sooner(tmp_path: Path) -> None:
         wait_until(lambda: _main_file_size(store) > before, what="a checkpoint after 500 rows")
     finally:
         store.close()
+
+
+def read_table(path: Path) -> dict[tuple[str, str], tuple[float, int]]:
+    """The positions table alone (without the journal entries not folded into it yet)."""
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT strategy, symbol, net_position, timestamp FROM positions")
+        return {(s, sym): (net, ts) for s, sym, net, ts in rows}
+
+
+def own_trades(start: int, count: int, symbols: int) -> list[tuple[str, float, float, int]]:
+    """``count`` own trades over ``symbols`` symbols, stamped from ``start``, each adding 1."""
+    nets: dict[str, float] = {}
+    trades = []
+    for i in range(count):
+        symbol = f"S{i % symbols}"
+        nets[symbol] = nets.get(symbol, 0.0) + 1.0
+        trades.append((symbol, 1.0, nets[symbol], start + i))
+    return trades
+
+
+def test_own_positions_reach_the_positions_table_by_a_fold_and_the_book_view_meanwhile(
+    store: Store,
+) -> None:
+    """A trade's commit writes its journal entry only: the positions table gets the own
+    positions when the journal is folded (each symbol's last entry), and the ``book`` view
+    shows them from the commit on, as a reader of the file should see them."""
+    store.commit([THEIRS], None)
+    trades = own_trades(AAPL.timestamp, 50, 7)
+    store.commit_trades(5, trades)
+    expected = {("alpha", symbol): (net, ts) for symbol, _, net, ts in trades}
+    expected[THEIRS[:2]] = THEIRS[2:]
+    assert read_table(store.path) == {THEIRS[:2]: THEIRS[2:]}
+    assert read_rows(store.path) == expected
+    assert store.unfolded == 50
+    store.fold()
+    assert store.unfolded == 0
+    assert read_table(store.path) == expected == read_rows(store.path)
+    assert read_meta(store.path)["folded"] == trades[-1][3]
+
+
+def test_a_fold_never_takes_a_position_back_to_an_older_journal_entry(store: Store) -> None:
+    """A base learnt from a peer (an own position written by ``commit``, stamped after the
+    journal's last entry of its symbol) stays: the newer timestamp wins, in the table and in
+    the view, as in the book."""
+    trades = own_trades(AAPL.timestamp, 3, 1)
+    store.commit_trades(5, trades)
+    newer = Position("alpha", "S0", 77.0, trades[-1][3] + 10)
+    store.commit([newer], None, bases=[newer])
+    assert read_rows(store.path)[("alpha", "S0")] == (77.0, newer.timestamp)
+    store.fold()
+    assert read_table(store.path)[("alpha", "S0")] == (77.0, newer.timestamp)
+    assert store.committed([("alpha", "S0")]) == {("alpha", "S0"): newer}
+
+
+def test_a_crash_before_a_fold_loses_nothing(tmp_path: Path) -> None:
+    """A store dropped without ``close`` (the node killed) still holds every committed own
+    position in its journal: the next ``load`` folds them and returns them."""
+    store = Store(tmp_path, "alpha")
+    trades = own_trades(AAPL.timestamp, 10, 4)
+    store.commit_trades(5, trades)
+    # What kill -9 leaves: the connection is not closed by us, only its lock file.
+    store._checkpointer.close()
+    store._lock_file.close()
+    assert read_table(tmp_path / "alpha.sqlite3") == {}
+
+    again = Store(tmp_path, "alpha")
+    try:
+        positions, clock = again.load()
+        expected = {(p.symbol, p.net_position, p.timestamp) for p in positions}
+        assert expected == {(s, net, ts) for s, net, ts in _last_of(trades)}
+        assert clock == trades[-1][3]
+        assert len(read_table(again.path)) == 4
+    finally:
+        again.close()
+        store._db.close()
+
+
+def _last_of(trades: list[tuple[str, float, float, int]]) -> set[tuple[str, float, int]]:
+    last = {symbol: (net, ts) for symbol, _, net, ts in trades}
+    return {(symbol, net, ts) for symbol, (net, ts) in last.items()}
+
+
+def test_close_folds_and_a_snapshot_includes_what_is_not_folded(tmp_path: Path) -> None:
+    """A snapshot copies the whole book, own trades not folded yet included; a store closed
+    is left folded (its positions table reads the same as its view)."""
+    store = Store(tmp_path, "alpha")
+    trades = own_trades(AAPL.timestamp, 20, 5)
+    store.commit_trades(5, trades)
+    info = store.snapshot("after", 1)
+    assert info.size == 5
+    more = own_trades(trades[-1][3] + 1, 3, 2)
+    store.commit_trades(6, more)
+    assert store.unfolded == 3
+    store.close()
+    assert read_table(tmp_path / "alpha.sqlite3") == read_rows(tmp_path / "alpha.sqlite3")
+    assert ("alpha", "S0") in read_table(tmp_path / "alpha.sqlite3")
+
+
+def test_a_fold_is_due_at_an_idle_moment_or_once_many_trades_wait(store: Store) -> None:
+    """``fold_due``: idle, once ``FOLD_IDLE_ROWS`` trades wait; busy, once ``FOLD_MAX_ROWS``."""
+    from position_distributor.store import FOLD_IDLE_ROWS, FOLD_MAX_ROWS
+
+    trades = own_trades(AAPL.timestamp, FOLD_IDLE_ROWS - 1, 1000)
+    store.commit_trades(5, trades)
+    assert not store.fold_due(idle=True) and not store.fold_due(idle=False)
+    store.commit_trades(5, own_trades(trades[-1][3] + 1, 1, 1))
+    assert store.fold_due(idle=True) and not store.fold_due(idle=False)
+    assert FOLD_IDLE_ROWS < FOLD_MAX_ROWS
+
+
+def test_a_version_1_store_is_upgraded_as_folded(tmp_path: Path) -> None:
+    """A store of schema version 1 (own positions written in each trade's commit) opens as
+    version 2 with its whole journal folded: its positions table is taken as it is."""
+    store = Store(tmp_path, "alpha")
+    store.commit([AAPL], None, [JournalEntry(1, "AAPL", 100.0, 100.0, AAPL.timestamp)])
+    store.close()
+    with sqlite3.connect(tmp_path / "alpha.sqlite3") as db:
+        db.execute("UPDATE meta SET value = 1 WHERE key = 'schema_version'")
+        db.execute("DELETE FROM meta WHERE key = 'folded'")
+    again = Store(tmp_path, "alpha")
+    try:
+        meta = read_meta(again.path)
+        assert meta["schema_version"] == SCHEMA_VERSION == 2
+        assert meta["folded"] == AAPL.timestamp
+        assert again.load() == ([AAPL], AAPL.timestamp)
+    finally:
+        again.close()
