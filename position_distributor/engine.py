@@ -919,7 +919,12 @@ class Engine:
         # The clock is implied by what is stored (every timestamp issued or learnt is in a
         # journal entry, a base or an own position): no clock write per commit.
         if batch.trades:
-            self._store.commit_trades(batch.applied_at, batch.trades, batch.trade_ids)
+            self._store.commit_trades(
+                batch.applied_at,
+                batch.trades,
+                batch.trade_ids,
+                None if batch.stored is None else len(batch.stored),
+            )
         else:
             self._store.commit(
                 changes if batch.stored is None else batch.stored,

@@ -114,10 +114,21 @@ _TRADE_ROWS = (
 # The position each symbol is left at by the journal entries stamped after ?2 (the last
 # one of each symbol), stored as the own strategy's (?1) unless the positions table already
 # holds a newer one (a base learnt from a peer, written by ``commit``): see ``Store.fold``.
-_FOLD = (
+# Two ways, as cheap as each other only where they are not needed: grouped by symbol (a sort
+# of the rows, then one write per symbol: 0.33 µs per row when 27 rows share a symbol, 1-2
+# when none does), or every row written in timestamp order, the last one winning (0.45 µs
+# per row, 0.7 when they share symbols).
+_FOLD_GROUPED = (
     "INSERT INTO positions (strategy, symbol, net_position, timestamp)"
     " SELECT ?1, symbol, net_position, max(timestamp) FROM journal"
     " WHERE timestamp > ?2 GROUP BY symbol"
+    + _UPSERT_ROWS[2]
+    + " WHERE excluded.timestamp > positions.timestamp"
+)
+_FOLD_IN_ORDER = (
+    "INSERT INTO positions (strategy, symbol, net_position, timestamp)"
+    " SELECT ?1, symbol, net_position, timestamp FROM journal"
+    " WHERE timestamp > ?2 ORDER BY timestamp"
     + _UPSERT_ROWS[2]
     + " WHERE excluded.timestamp > positions.timestamp"
 )
@@ -264,6 +275,7 @@ class Store:
             self._init_meta()
             self._identity = _identity(self.path)
             self._unfolded = 0  # see unfolded; load() folds what a last run left
+            self._unfolded_symbols = 0  # at most this many symbols among them
             self._checkpointer = _Checkpointer(self.path, checkpoint_every, checkpoint_rows)
         except (sqlite3.Error, StoreError) as exc:
             if db is not None:
@@ -451,11 +463,13 @@ class Store:
         time_ns: int,
         trades: list[TradeRow],
         trade_ids: Iterable[tuple[str, int]] | None = None,
+        symbols: int | None = None,
     ) -> None:
         """Store own trades applied at ``time_ns``, in the order applied (so by increasing
         timestamp), in one transaction: a journal entry each, and the trade IDs given
         ``(trade_id, journal timestamp)``. The trade consumer's commit: each trade's values
-        are bound once, for its journal entry.
+        are bound once, for its journal entry. ``symbols``: how many symbols they are in,
+        if the caller knows (it chooses how ``fold`` writes them).
 
         The position each trade leaves is in its journal entry: it is written to the
         positions table later, by ``fold``, for many trades at a time (the ``book`` view
@@ -469,6 +483,7 @@ class Store:
             if trade_ids:
                 self._insert_many(_TRADE_ID_ROWS, trade_ids)
         self._unfolded += len(trades)
+        self._unfolded_symbols += len(trades) if symbols is None else symbols
 
     @property
     def unfolded(self) -> int:
@@ -489,11 +504,15 @@ class Store:
         journal keeps them; a later fold writes them)."""
         with self._writing() as db:
             self._fold(db)
-        self._unfolded = 0
 
     def _fold(self, db: sqlite3.Connection) -> None:
-        """``fold``'s statements, in the caller's transaction."""
-        db.execute(_FOLD, (self.name, db.execute(_FOLDED).fetchone()[0]))
+        """``fold``'s statements, in the caller's transaction (the count of what waits is
+        reset at once: if the transaction fails, ``load`` folds it all the same)."""
+        # At most this many symbols (the sum over the commits): grouped when rows share them.
+        grouped = 2 * self._unfolded_symbols < self._unfolded
+        self._unfolded = self._unfolded_symbols = 0
+        statement = _FOLD_GROUPED if grouped else _FOLD_IN_ORDER
+        db.execute(statement, (self.name, db.execute(_FOLDED).fetchone()[0]))
         db.execute(
             "UPDATE meta SET value = (SELECT coalesce(max(timestamp), 0) FROM journal)"
             " WHERE key = 'folded'"
@@ -702,7 +721,6 @@ class Store:
         except BaseException:
             self._roll_back()
             raise
-        self._unfolded = 0
         return SnapshotInfo(*row)
 
     def close(self) -> None:
