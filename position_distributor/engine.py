@@ -257,6 +257,9 @@ class Engine:
         self._digest_thread = threading.Thread(
             target=self._send_digests, name="anti-entropy", daemon=True
         )
+        # The trades committed as of the last tick of that thread: a tick that finds no more
+        # folds the journal (see _fold_when_quiet).
+        self._trades_at_tick = -1
         # Read and written by the positions consumer only: the repairs under way (connection
         # -> the symbols its owner sent so far), and when each strategy was last asked for one.
         self._repairs: dict[Link, _Repairing] = {}
@@ -535,7 +538,7 @@ class Engine:
                 self.stats.refused += len(trades)
             else:
                 self._count_trades([(arrived, n) for arrived, n in counts if n])
-                if self._store.fold_due(idle=self._trades.pending <= len(batches)):
+                if self._store.fold_due:
                     self._fold()
         for future, outcome in futures:
             if isinstance(outcome, Exception):
@@ -543,10 +546,21 @@ class Engine:
             else:
                 future.set_result(outcome)
 
+    def _fold_when_quiet(self) -> None:
+        """Fold the journal (see ``_fold``) once no trade was committed for a whole digest
+        interval: the work a burst leaves is done when it is over, not while it runs."""
+        trades = self.stats.trades
+        quiet = trades == self._trades_at_tick
+        self._trades_at_tick = trades
+        if quiet and self._store.unfolded:
+            with self._publish_lock:
+                if self._store.unfolded:
+                    self._fold()
+
     def _fold(self) -> None:
         """Write the own positions of the trades journalled since the last fold to the
-        store's positions table (``Store.fold``): when no more trades wait, or once enough
-        do. Caller holds the publish lock."""
+        store's positions table (``Store.fold``): once trading is quiet for a digest interval,
+        or at once when ``Store.fold_due`` (so many wait). Caller holds the publish lock."""
         try:
             self._store.fold()
         except StoreError as exc:
@@ -1025,6 +1039,7 @@ class Engine:
         try:
             while not self._digest_stop.wait(self._digest_interval):
                 self._send_digest()
+                self._fold_when_quiet()
         except Exception:  # a safety net: this branch should never run
             logger.opt(exception=True).error("anti-entropy thread failed")
 

@@ -132,10 +132,8 @@ _FOLD_IN_ORDER = (
     + _UPSERT_ROWS[2]
     + " WHERE excluded.timestamp > positions.timestamp"
 )
-# Journal rows left unfolded before a fold runs while trades still wait (see ``fold_due``),
-# and before one runs at the first idle moment.
 _FOLDED = "SELECT value FROM meta WHERE key = 'folded'"
-FOLD_IDLE_ROWS = 4096
+# Journal rows left unfolded before a fold runs whatever the load (see ``fold_due``).
 FOLD_MAX_ROWS = 262_144
 
 
@@ -491,11 +489,11 @@ class Store:
         the positions table yet."""
         return self._unfolded
 
-    def fold_due(self, idle: bool) -> bool:
-        """Whether ``fold`` should run now: at an idle moment once ``FOLD_IDLE_ROWS`` trades
-        wait for it, or whatever the load once ``FOLD_MAX_ROWS`` do (which bounds the work
-        left to a start after a crash)."""
-        return self._unfolded >= (FOLD_IDLE_ROWS if idle else FOLD_MAX_ROWS)
+    @property
+    def fold_due(self) -> bool:
+        """Whether ``fold`` should run now whatever the load: ``FOLD_MAX_ROWS`` trades wait
+        for it (which bounds the work a start after a crash finds, and a fold's pause)."""
+        return self._unfolded >= FOLD_MAX_ROWS
 
     def fold(self) -> None:
         """Write the own positions the journal's entries since the last fold leave (the last

@@ -85,6 +85,7 @@ class Nodes:
         data_dir: Path | None = None,
         recovery_timeout: float = 0.0,
         limits: Limits = FAST_LIMITS,
+        digest_interval: float = 2.0,
     ) -> Config:
         return Config(
             name,
@@ -93,6 +94,7 @@ class Nodes:
             data_dir=data_dir or self.root / name,
             recovery_timeout=recovery_timeout,
             limits=limits,
+            digest_interval=digest_interval,
         )
 
     def start(self, name: str, *, rows: Rows | None = None, **kwargs: object) -> tuple[Node, Rows]:

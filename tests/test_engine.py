@@ -612,18 +612,15 @@ def table(path: Path) -> dict[tuple[str, str], tuple[float, int]]:
 def test_own_positions_are_folded_into_the_positions_table_when_the_trades_stop(
     nodes: Nodes, tmp_path: Path
 ) -> None:
-    """Lone trades are journalled (the view shows them) and wait for a fold; a burst of
-    more than FOLD_IDLE_ROWS is folded into the positions table once no more trades wait."""
-    from position_distributor.store import FOLD_IDLE_ROWS
-
-    node, _ = nodes.start("alpha")
+    """Trades are journalled (the book view shows them) and wait for a fold: none while
+    trades keep coming, then one once a whole digest interval passed without any."""
+    node, _ = nodes.start("alpha", digest_interval=0.5)
     path = tmp_path / "alpha" / "alpha.sqlite3"
-    for i in range(3):
-        node.trade(f"L{i}", 1).result(timeout=10)
-    assert set(stored(path)) == {("alpha", f"L{i}") for i in range(3)}
-    assert table(path) == {}
-    count = FOLD_IDLE_ROWS + 100
-    node.submit_many([(f"B{i}", 1.0, None, None) for i in range(count)])
-    assert node.flush(timeout=30)
-    assert wait_until(lambda: len(table(path)) == count + 3, timeout=10)
-    assert table(path) == stored(path)
+    deadline = time.monotonic() + 2.0  # four intervals, each with trades committed
+    count = 0
+    while time.monotonic() < deadline:
+        node.trade(f"L{count % 50}", 1).result(timeout=10)
+        count += 1
+        assert table(path) == {}, f"folded while trading, after {count} trades"
+    assert len(stored(path)) == min(count, 50)
+    assert wait_until(lambda: table(path) == stored(path), timeout=5)

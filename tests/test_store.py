@@ -493,16 +493,18 @@ def test_close_folds_and_a_snapshot_includes_what_is_not_folded(tmp_path: Path) 
     assert ("alpha", "S0") in read_table(tmp_path / "alpha.sqlite3")
 
 
-def test_a_fold_is_due_at_an_idle_moment_or_once_many_trades_wait(store: Store) -> None:
-    """``fold_due``: idle, once ``FOLD_IDLE_ROWS`` trades wait; busy, once ``FOLD_MAX_ROWS``."""
-    from position_distributor.store import FOLD_IDLE_ROWS, FOLD_MAX_ROWS
+def test_a_fold_is_due_once_many_trades_wait(store: Store) -> None:
+    """``fold_due`` once ``FOLD_MAX_ROWS`` own trades wait for a fold, not before."""
+    from position_distributor.store import FOLD_MAX_ROWS
 
-    trades = own_trades(AAPL.timestamp, FOLD_IDLE_ROWS - 1, 1000)
-    store.commit_trades(5, trades)
-    assert not store.fold_due(idle=True) and not store.fold_due(idle=False)
+    trades = own_trades(AAPL.timestamp, FOLD_MAX_ROWS - 1, 1000)
+    store.commit_trades(5, trades, symbols=1000)
+    assert not store.fold_due
     store.commit_trades(5, own_trades(trades[-1][3] + 1, 1, 1))
-    assert store.fold_due(idle=True) and not store.fold_due(idle=False)
-    assert FOLD_IDLE_ROWS < FOLD_MAX_ROWS
+    assert store.fold_due
+    store.fold()
+    assert not store.fold_due and store.unfolded == 0
+    assert len(read_table(store.path)) == 1000
 
 
 def test_a_version_1_store_is_upgraded_as_folded(tmp_path: Path) -> None:
