@@ -556,16 +556,28 @@ class Store:
 
     def committed(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Position]:
         """The stored position of each ``(strategy, symbol)`` in ``keys`` that has one: what
-        the engine puts back in its book when a commit fails."""
+        the engine puts back in its book when a commit fails. An own position is the newer
+        of the table's and the last journal entry not folded yet (one pass over those)."""
+        keys = list(keys)
         found: dict[tuple[str, str], Position] = {}
         for strategy, symbol in keys:
             row = self._db.execute(
-                "SELECT strategy, symbol, net_position, timestamp FROM book"
+                "SELECT strategy, symbol, net_position, timestamp FROM positions"
                 " WHERE strategy = ? AND symbol = ?",
                 (strategy, symbol),
             ).fetchone()
             if row is not None:
                 found[strategy, symbol] = Position(*row)
+        own = {symbol for strategy, symbol in keys if strategy == self.name}
+        if own:
+            unfolded = self._db.execute(
+                "SELECT symbol, net_position, max(timestamp) FROM journal"
+                f" WHERE timestamp > ({_FOLDED}) GROUP BY symbol"
+            )
+            for symbol, net, timestamp in unfolded:
+                key = (self.name, symbol)
+                if symbol in own and (key not in found or found[key].timestamp < timestamp):
+                    found[key] = Position(self.name, symbol, net, timestamp)
         return found
 
     def _insert_many(

@@ -429,6 +429,11 @@ def test_own_positions_reach_the_positions_table_by_a_fold_and_the_book_view_mea
     assert read_table(store.path) == {THEIRS[:2]: THEIRS[2:]}
     assert read_rows(store.path) == expected
     assert store.unfolded == 50
+    # What a failed commit puts back in the book: the journal's, not yet in the table.
+    keys = [("alpha", "S0"), ("alpha", "S6"), THEIRS[:2], ("alpha", "none")]
+    assert store.committed(keys) == {
+        key: Position(*key, *expected[key]) for key in keys if key in expected
+    }
     store.fold()
     assert store.unfolded == 0
     assert read_table(store.path) == expected == read_rows(store.path)
