@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import sqlite3
 import subprocess
 import tempfile
 import threading
@@ -20,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from position_distributor.store import read_book
 from testkit import ROOT, ChildProcess, cpu_seconds, free_port, node_command
 
 __all__ = [
@@ -307,16 +307,7 @@ class NodeProc(RowsProc):
     def stored_nets(self) -> dict[Key, float]:
         """The positions in the node's SQLite store (read after the node has stopped)."""
         path = self.data_dir / f"{self.name}.sqlite3"
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            return {
-                (strategy, symbol): net
-                for strategy, symbol, net in db.execute(
-                    "SELECT strategy, symbol, net_position FROM book"
-                )
-            }
-        finally:
-            db.close()
+        return {key: position.net_position for key, position in read_book(path).items()}
 
 
 def _port_of(peer: NodeProc | int) -> int:

@@ -257,9 +257,9 @@ class Engine:
         self._digest_thread = threading.Thread(
             target=self._send_digests, name="anti-entropy", daemon=True
         )
-        # The trades committed as of the last tick of that thread: a tick that finds no more
-        # folds the journal (see _fold_when_quiet).
-        self._trades_at_tick = -1
+        # Trades and peers' changes committed as of the last tick of that thread: a tick
+        # that finds no more folds the store (see _fold_when_quiet).
+        self._activity_at_tick = (-1, -1)
         # Read and written by the positions consumer only: the repairs under way (connection
         # -> the symbols its owner sent so far), and when each strategy was last asked for one.
         self._repairs: dict[Link, _Repairing] = {}
@@ -547,26 +547,27 @@ class Engine:
                 future.set_result(outcome)
 
     def _fold_when_quiet(self) -> None:
-        """Fold the journal (see ``_fold``) once no trade was committed for a whole digest
-        interval: the work a burst leaves is done when it is over, not while it runs."""
-        trades = self.stats.trades
-        quiet = trades == self._trades_at_tick
-        self._trades_at_tick = trades
+        """Fold the store (see ``_fold``) once no trade and no peer's change was committed
+        for a whole digest interval: the work a burst leaves is done when it is over, not
+        while it runs."""
+        activity = (self.stats.trades, self.stats.peer_changes)
+        quiet = activity == self._activity_at_tick
+        self._activity_at_tick = activity
         if quiet and self._store.unfolded:
             with self._publish_lock:
                 if self._store.unfolded:
                     self._fold()
 
     def _fold(self) -> None:
-        """Write the own positions of the trades journalled since the last fold to the
-        store's positions table (``Store.fold``): once trading is quiet for a digest interval,
-        or at once when ``Store.fold_due`` (so many wait). Caller holds the publish lock."""
+        """Write the positions committed to the store's journal and position log to its
+        positions table (``Store.fold``): once the node is quiet for a digest interval, or
+        at once when ``Store.fold_due`` (so many wait). Caller holds the publish lock."""
         try:
             self._store.fold()
         except StoreError as exc:
             logger.warning(
-                "cannot write own positions from the journal to the positions table ({});"
-                " the journal holds them, and the next fold writes them",
+                "cannot fold committed positions into the positions table ({}); the journal"
+                " and the position log hold them, and the next fold writes them",
                 exc,
             )
 
@@ -777,6 +778,8 @@ class Engine:
                     )
                 )
                 self.stats.peer_changes += len(changes)
+                if self._store.fold_due:
+                    self._fold()
                 if removed:
                     self._store.remove(removed[0].strategy, [p.symbol for p in removed])
             except StoreError as exc:

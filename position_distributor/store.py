@@ -4,24 +4,36 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import itertools
 import os
 import sqlite3
+import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from operator import itemgetter
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, Final, NamedTuple
 
 from loguru import logger
 
 from .types import Position
 
-__all__ = ["SCHEMA_VERSION", "JournalEntry", "SnapshotInfo", "Store", "StoreError", "TradeRow"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "JournalEntry",
+    "SnapshotInfo",
+    "Store",
+    "StoreError",
+    "TradeRow",
+    "read_book",
+]
 
 SCHEMA_VERSION = 2
-# Version 2: own positions are written from the journal lazily (see ``Store.fold``); a
-# version 1 store (own positions written in each trade's commit) is taken as it is, folded.
+# Version 2: the positions table is written lazily, from the journal (own trades) and the
+# position log (batches of other positions), by ``Store.fold``; a version 1 store (every
+# position written in its commit) is taken as it is, folded.
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -76,17 +88,16 @@ CREATE TABLE IF NOT EXISTS snapshot_positions (
     timestamp INTEGER NOT NULL,
     PRIMARY KEY (snapshot_id, strategy, symbol)
 ) WITHOUT ROWID;
--- Every position the store holds, as a reader of the file should see them: the positions
--- table, with this node's own positions brought up to date by the journal entries not yet
--- folded into it (meta 'folded': the last journal timestamp whose position is written
--- there). The greater timestamp wins: the journal's own entries only go forward.
-CREATE VIEW IF NOT EXISTS book (strategy, symbol, net_position, timestamp) AS
-    SELECT strategy, symbol, net_position, max(timestamp) FROM (
-        SELECT strategy, symbol, net_position, timestamp FROM positions
-        UNION ALL
-        SELECT (SELECT value FROM meta WHERE key = 'strategy'), symbol, net_position, timestamp
-        FROM journal WHERE timestamp > (SELECT value FROM meta WHERE key = 'folded')
-    ) GROUP BY strategy, symbol;
+-- Positions committed by ``commit`` (a peer's burst, a repair), a batch per row, in the
+-- order committed, not yet written to the positions table: a fold writes them there, in
+-- order (see Store.fold). One row per batch instead of a B-tree insert per position.
+CREATE TABLE IF NOT EXISTS position_log (
+    id INTEGER PRIMARY KEY,
+    strategies TEXT NOT NULL,  -- each position's strategy, one per line (one line: all)
+    symbols TEXT NOT NULL,     -- each position's symbol, one per line
+    nets BLOB NOT NULL,        -- each position's net, IEEE 754 doubles, little-endian
+    timestamps BLOB NOT NULL   -- each position's timestamp, signed 64-bit, little-endian
+);
 """
 
 # Inserts as (head, one row's placeholders, tail), for _insert_many.
@@ -133,8 +144,19 @@ _FOLD_IN_ORDER = (
     + " WHERE excluded.timestamp > positions.timestamp"
 )
 _FOLDED = "SELECT value FROM meta WHERE key = 'folded'"
-# Journal rows left unfolded before a fold runs whatever the load (see ``fold_due``).
+# Journal rows, or logged positions, left unfolded before a fold runs whatever the load (see
+# ``fold_due``).
 FOLD_MAX_ROWS = 262_144
+# A batch of at least this many positions goes to the position log (fewer, while the log is
+# empty, straight to the positions table: a lone update costs the same either way, and the
+# table then reads as it is).
+_LOG_MIN = 8
+_STRATEGY_OF: Any = itemgetter(0)
+_SYMBOL_OF: Any = itemgetter(1)
+_NET_OF: Any = itemgetter(2)
+_TIMESTAMP_OF: Any = itemgetter(3)
+_INT64: Final = 1 << 63
+_AS_POSITION: Any = functools.partial(tuple.__new__, Position)
 
 
 class JournalEntry(NamedTuple):
@@ -272,8 +294,12 @@ class Store:
             db.executescript(_SCHEMA)
             self._init_meta()
             self._identity = _identity(self.path)
-            self._unfolded = 0  # see unfolded; load() folds what a last run left
-            self._unfolded_symbols = 0  # at most this many symbols among them
+            # What waits for a fold (load() folds what a last run left): own trades in the
+            # journal, at most this many symbols among them, and positions in the log.
+            self._unfolded = 0
+            self._unfolded_symbols = 0
+            self._logged = 0
+            self._log_extra = 0  # positions written to the log beyond one row per batch
             self._checkpointer = _Checkpointer(self.path, checkpoint_every, checkpoint_rows)
         except (sqlite3.Error, StoreError) as exc:
             if db is not None:
@@ -411,8 +437,8 @@ class Store:
     def load(self) -> tuple[list[Position], int]:
         """Every stored position, and the clock: the greatest timestamp this node issued or
         learnt of its own, from what is stored (own positions, journal, bases) or the clock
-        last committed explicitly. Folds the journal first (see ``fold``): what a crash left
-        unfolded is written now."""
+        last committed explicitly. Folds first (see ``fold``): what a crash left unfolded
+        is written now."""
         self.fold()
         positions = [
             Position(*row)
@@ -441,8 +467,25 @@ class Store:
         """Store positions (replacing older entries), journal entries, bases, trade IDs
         ``(trade_id, journal timestamp)`` and the clock in one transaction. ``clock`` may be
         None when what is stored implies it (``load`` takes the greatest own timestamp
-        stored): the engine's case, one statement less a commit."""
+        stored): the engine's case, one statement less a commit.
+
+        Positions alone (a peer's burst, a repair: no journal entry, base, trade ID or
+        clock) go to the position log as one row when there are ``_LOG_MIN`` or more of them,
+        or when the log already holds some (its order is the order of the commits); a fold
+        writes them to the positions table. Anything else folds the log first."""
+        positions = positions if isinstance(positions, list) else list(positions)
+        journal = journal if isinstance(journal, list) else list(journal)
+        bases = bases if isinstance(bases, list) else list(bases)
+        alone = clock is None and not journal and not bases and not trade_ids
+        logged = 0
         with self._writing() as db:
+            to_log = alone and positions and (self._logged or len(positions) >= _LOG_MIN)
+            if to_log and self._log(db, positions):
+                logged = len(positions)
+                positions = []
+            if (positions or not alone) and self._logged:
+                self._fold_log(db)
+                logged = -self._logged
             self._insert_many(_UPSERT_ROWS, positions)
             self._insert_many(_JOURNAL_ROWS, journal)
             if bases:
@@ -455,6 +498,36 @@ class Store:
                 self._insert_many(_TRADE_ID_ROWS, trade_ids)
             if clock is not None:
                 db.execute("UPDATE meta SET value = ? WHERE key = 'clock'", (clock,))
+        self._logged += logged
+
+    def _log(self, db: sqlite3.Connection, positions: list[Position]) -> bool:
+        """Write ``positions`` to the position log as one row; False (nothing written) if
+        they cannot be written so (a timestamp outside 64 bits, a newline in a name)."""
+        count = len(positions)
+        names = {*map(_STRATEGY_OF, positions)}
+        if len(names) == 1:
+            (strategies,) = names
+        else:
+            strategies = "\n".join(map(_STRATEGY_OF, positions))
+        symbols = "\n".join(map(_SYMBOL_OF, positions))
+        timestamps = list(map(_TIMESTAMP_OF, positions))
+        if (
+            symbols.count("\n") != count - 1
+            or strategies.count("\n") not in (0, count - 1)
+            or not -_INT64 <= min(timestamps) <= max(timestamps) < _INT64
+        ):
+            return False
+        db.execute(
+            "INSERT INTO position_log (strategies, symbols, nets, timestamps) VALUES (?, ?, ?, ?)",
+            (
+                strategies,
+                symbols,
+                struct.pack(f"<{count}d", *map(_NET_OF, positions)),
+                struct.pack(f"<{count}q", *timestamps),
+            ),
+        )
+        self._log_extra += count - 1
+        return True
 
     def commit_trades(
         self,
@@ -485,36 +558,49 @@ class Store:
 
     @property
     def unfolded(self) -> int:
-        """Own trades committed to the journal whose positions ``fold`` has not written to
-        the positions table yet."""
-        return self._unfolded
+        """Positions committed but not yet in the positions table: own trades in the journal
+        and positions in the position log, which ``fold`` writes there."""
+        return self._unfolded + self._logged
 
     @property
     def fold_due(self) -> bool:
-        """Whether ``fold`` should run now whatever the load: ``FOLD_MAX_ROWS`` trades wait
-        for it (which bounds the work a start after a crash finds, and a fold's pause)."""
-        return self._unfolded >= FOLD_MAX_ROWS
+        """Whether ``fold`` should run now whatever the load: ``FOLD_MAX_ROWS`` own trades or
+        logged positions wait for it (which bounds the work a start after a crash finds, and
+        a fold's pause)."""
+        return self._unfolded >= FOLD_MAX_ROWS or self._logged >= FOLD_MAX_ROWS
 
     def fold(self) -> None:
-        """Write the own positions the journal's entries since the last fold leave (the last
-        entry of each symbol) to the positions table, in one transaction: what ``load``, a
-        snapshot and a reader of the table see. Raises ``StoreError`` if it cannot (the
-        journal keeps them; a later fold writes them)."""
+        """Write what waits to the positions table, in one transaction: the positions of
+        the position log, in the order committed, then the own positions the journal's
+        entries since the last fold leave (the last entry of each symbol). What ``load``, a
+        snapshot and a reader of the table see. Raises ``StoreError`` if it cannot (the log
+        and the journal keep them; a later fold writes them)."""
         with self._writing() as db:
             self._fold(db)
+        self._folded()
 
     def _fold(self, db: sqlite3.Connection) -> None:
-        """``fold``'s statements, in the caller's transaction (the count of what waits is
-        reset at once: if the transaction fails, ``load`` folds it all the same)."""
+        """``fold``'s statements, in the caller's transaction; ``_folded`` once committed."""
+        self._fold_log(db)
         # At most this many symbols (the sum over the commits): grouped when rows share them.
         grouped = 2 * self._unfolded_symbols < self._unfolded
-        self._unfolded = self._unfolded_symbols = 0
         statement = _FOLD_GROUPED if grouped else _FOLD_IN_ORDER
         db.execute(statement, (self.name, db.execute(_FOLDED).fetchone()[0]))
         db.execute(
             "UPDATE meta SET value = (SELECT coalesce(max(timestamp), 0) FROM journal)"
             " WHERE key = 'folded'"
         )
+
+    def _folded(self) -> None:
+        self._unfolded = self._unfolded_symbols = self._logged = 0
+
+    def _fold_log(self, db: sqlite3.Connection) -> None:
+        """Write the position log's positions to the positions table in the order committed
+        (a later one replaces an earlier one of its symbol, as each commit did), and empty
+        the log, in the caller's transaction."""
+        for positions in _logged_batches(db):
+            self._insert_many(_UPSERT_ROWS, positions)
+        db.execute("DELETE FROM position_log")
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[sqlite3.Connection]:
@@ -532,7 +618,8 @@ class Store:
             if isinstance(exc, sqlite3.Error) and not isinstance(exc, _BUGS):
                 raise StoreError(f"cannot store in {self.path}: {exc}") from exc
             raise
-        self._checkpointer.committed(db.total_changes)
+        # A logged batch is one row for SQLite but as many for the WAL's size: counted so.
+        self._checkpointer.committed(db.total_changes + self._log_extra)
 
     def _roll_back(self) -> None:
         """Roll back the open transaction, if SQLite has not already (it does by itself on
@@ -556,8 +643,9 @@ class Store:
 
     def committed(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Position]:
         """The stored position of each ``(strategy, symbol)`` in ``keys`` that has one: what
-        the engine puts back in its book when a commit fails. An own position is the newer
-        of the table's and the last journal entry not folded yet (one pass over those)."""
+        the engine puts back in its book when a commit fails: the positions table's, then the
+        position log's in order, then for an own position the last journal entry not folded
+        yet if it is newer (one pass over each)."""
         keys = list(keys)
         found: dict[tuple[str, str], Position] = {}
         for strategy, symbol in keys:
@@ -568,6 +656,11 @@ class Store:
             ).fetchone()
             if row is not None:
                 found[strategy, symbol] = Position(*row)
+        wanted = set(keys)
+        for positions in _logged_batches(self._db):
+            for position in positions:
+                if (position[0], position[1]) in wanted:
+                    found[position[0], position[1]] = position
         own = {symbol for strategy, symbol in keys if strategy == self.name}
         if own:
             unfolded = self._db.execute(
@@ -691,11 +784,14 @@ class Store:
         try:
             db.execute("BEGIN")
             try:
+                if self._logged:
+                    self._fold_log(db)  # (its count is reset once committed)
                 db.executemany(
                     "DELETE FROM positions WHERE strategy = ? AND symbol = ?",
                     [(strategy, symbol) for symbol in symbols],
                 )
                 db.execute("COMMIT")
+                self._logged = 0
             except BaseException:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
@@ -731,14 +827,15 @@ class Store:
         except BaseException:
             self._roll_back()
             raise
+        self._folded()
         return SnapshotInfo(*row)
 
     def close(self) -> None:
         """Close the database and release the lock; idempotent."""
         if self._lock_file.closed:
             return
-        if self._unfolded:
-            # A store left folded reads the same without the book view.
+        if self.unfolded:
+            # A store left folded: its positions table is the whole book.
             with contextlib.suppress(StoreError):
                 self.fold()
         self._checkpointer.close()
@@ -749,3 +846,59 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({os.fspath(self.path)!r})"
+
+
+def _logged_batches(db: sqlite3.Connection) -> Iterator[list[Position]]:
+    """The position log's batches, in the order committed."""
+    rows = db.execute(
+        "SELECT strategies, symbols, nets, timestamps FROM position_log ORDER BY id"
+    ).fetchall()
+    for strategies, symbols, nets, timestamps in rows:
+        names = symbols.split("\n")
+        count = len(names)
+        yield list(
+            map(
+                _AS_POSITION,
+                zip(
+                    strategies.split("\n") if "\n" in strategies else [strategies] * count,
+                    names,
+                    struct.unpack(f"<{count}d", nets),
+                    struct.unpack(f"<{count}q", timestamps),
+                    strict=True,
+                ),
+            )
+        )
+
+
+def read_book(path: Path | str) -> dict[tuple[str, str], Position]:
+    """Every position a store file holds, as its node sees it, read without opening the
+    store (read-only: safe while the node runs): the positions table, with what waits for
+    a fold (the position log's positions, in order, and the own positions of the journal
+    entries not folded yet, where newer)."""
+    db = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
+    try:
+        db.execute("BEGIN")  # one read transaction: a consistent view of the three
+        book = {
+            (strategy, symbol): Position(strategy, symbol, net, timestamp)
+            for strategy, symbol, net, timestamp in db.execute(
+                "SELECT strategy, symbol, net_position, timestamp FROM positions"
+            )
+        }
+        for positions in _logged_batches(db):
+            for position in positions:
+                book[position[0], position[1]] = position
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        own = str(meta.get("strategy"))
+        unfolded = db.execute(
+            "SELECT symbol, net_position, max(timestamp) FROM journal WHERE timestamp > ?"
+            " GROUP BY symbol",
+            (meta.get("folded") or 0,),
+        )
+        for symbol, net, timestamp in unfolded:
+            current = book.get((own, symbol))
+            if current is None or current.timestamp < timestamp:
+                book[own, symbol] = Position(own, symbol, net, timestamp)
+        db.execute("COMMIT")
+        return book
+    finally:
+        db.close()

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from position_distributor.node import Node
-from position_distributor.store import Store
+from position_distributor.store import Store, read_book
 from position_distributor.types import Position
 from position_distributor.wire import SyncDone
 
@@ -32,10 +32,9 @@ def seed_store(data_dir: Path, name: str, positions: list[Position], *, recovere
 
 
 def stored(path: Path) -> dict[tuple[str, str], tuple[float, int]]:
-    """The positions in a store file, read through a separate connection (as another process)."""
-    with sqlite3.connect(path) as db:
-        rows = db.execute("SELECT strategy, symbol, net_position, timestamp FROM book")
-        return {(s, sym): (net, ts) for s, sym, net, ts in rows}
+    """The positions in a store file, read through a separate connection (as another process,
+    with ``store.read_book``: what waits for a fold included)."""
+    return {key: (p.net_position, p.timestamp) for key, p in read_book(path).items()}
 
 
 def connected(node: Node) -> int:
@@ -612,7 +611,7 @@ def table(path: Path) -> dict[tuple[str, str], tuple[float, int]]:
 def test_own_positions_are_folded_into_the_positions_table_when_the_trades_stop(
     nodes: Nodes, tmp_path: Path
 ) -> None:
-    """Trades are journalled (the book view shows them) and wait for a fold: none while
+    """Trades are journalled (``read_book`` shows them) and wait for a fold: none while
     trades keep coming, then one once a whole digest interval passed without any."""
     node, _ = nodes.start("alpha", digest_interval=0.5)
     path = tmp_path / "alpha" / "alpha.sqlite3"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import sqlite3
 import threading
 from concurrent.futures import Future, wait
 from contextlib import aclosing
@@ -21,15 +20,14 @@ from position_distributor import (
     TradeError,
     UpdatesOverflow,
 )
+from position_distributor.store import read_book
 
 from .inproc import Nodes, Rows, nets_of
 from .waiting import Recorder, wait_until
 
 
 def stored(path: Path) -> dict[tuple[str, str], tuple[float, int]]:
-    with sqlite3.connect(path) as db:
-        rows = db.execute("SELECT strategy, symbol, net_position, timestamp FROM book")
-        return {(s, sym): (net, ts) for s, sym, net, ts in rows}
+    return {key: (p.net_position, p.timestamp) for key, p in read_book(path).items()}
 
 
 def run(coro: Any, timeout: float = 10.0) -> Any:

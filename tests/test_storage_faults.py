@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ import pytest
 
 from position_distributor.engine import TradeNotStored
 from position_distributor.node import Config, Node
+from position_distributor.store import read_book
 
 from .inproc import FAST_LIMITS, Rows
 from .procs import Cluster, run_cli, without_root_powers
@@ -63,9 +63,7 @@ def fill(fs: Path) -> Path:
 
 def stored(path: Path) -> dict[tuple[str, str], float]:
     """The positions a store file holds, read by another connection."""
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        rows = db.execute("SELECT strategy, symbol, net_position FROM book")
-        return {(s, sym): net for s, sym, net in rows}
+    return {key: p.net_position for key, p in read_book(path).items()}
 
 
 def burst(count: int, prefix: str = "N") -> list[str]:

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from position_distributor.store import SCHEMA_VERSION, JournalEntry, Store, StoreError
+from position_distributor.store import (
+    SCHEMA_VERSION,
+    JournalEntry,
+    Store,
+    StoreError,
+    read_book,
+)
 from position_distributor.types import Position
 
 from .procs import run_as_user
@@ -32,9 +38,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 def read_rows(path: Path) -> dict[tuple[str, str], tuple[float, int]]:
     """What another process reading the file would see."""
-    with sqlite3.connect(path) as db:
-        rows = db.execute("SELECT strategy, symbol, net_position, timestamp FROM book")
-        return {(s, sym): (net, ts) for s, sym, net, ts in rows}
+    return {key: (p.net_position, p.timestamp) for key, p in read_book(path).items()}
 
 
 def read_meta(path: Path) -> dict[str, object]:
