@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from position_distributor import console
 from position_distributor.console import (
     COMMANDS,
     HELP,
@@ -276,3 +277,42 @@ def test_the_burst_path_and_parse_line_agree_on_any_line(text: str) -> None:
     else:
         ((symbol, quantity, _, trade_id),) = burst
         assert parsed == TradeCommand(symbol, quantity, trade_id)
+
+
+def greedy(pattern: re.Pattern[str]) -> re.Pattern[str]:
+    """``pattern`` with each possessive quantifier (``*+``, ``++``, ``?+``, ``{m,n}+``) greedy."""
+    return re.compile(re.sub(r"(?<=[*+?}])\+", "", pattern.pattern), pattern.flags)
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [console._TRADE, console._SYMBOL_ONLY, console._NUMBER_ONLY, console._TRADE_ID_ONLY],
+    ids=lambda pattern: pattern.pattern[:20],
+)
+@given(data=st.data())
+def test_the_possessive_grammar_takes_what_the_greedy_one_does(
+    pattern: re.Pattern[str], data: st.DataObject
+) -> None:
+    """The grammar's quantifiers are possessive (faster, and never giving back what they took):
+    each regex matches a line, or a word, exactly as its greedy form does, with the same
+    groups: for any text the greedy form matches, and for any text at all."""
+    text = data.draw(
+        st.one_of(
+            st.from_regex(greedy(pattern), fullmatch=True),
+            st.text(
+                alphabet=st.one_of(st.sampled_from(" \t\r+-.eE0123456789_:/xXpP"), st.characters()),
+                max_size=40,
+            ),
+        )
+    )
+    possessive, plain = pattern.fullmatch(text), greedy(pattern).fullmatch(text)
+    assert (possessive is None) == (plain is None)
+    if possessive is not None and plain is not None:
+        assert possessive.groups() == plain.groups()
+
+
+def test_the_greedy_form_of_the_grammar_is_the_one_it_was() -> None:
+    """``greedy`` undoes exactly the possessive quantifiers: the number is the one it was."""
+    assert greedy(console._NUMBER_ONLY).pattern == (
+        r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import string
 import subprocess
 import sys
 import threading
@@ -14,7 +15,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from position_distributor.__main__ import MAX_LINE, _chunks_of_lines, run_console
-from position_distributor.console import ConsoleError, TradeCommand, parse_line, trades_of
+from position_distributor.console import (
+    COMMANDS,
+    ConsoleError,
+    TradeCommand,
+    parse_line,
+    trades_of,
+)
 
 from .inproc import Nodes
 from .procs import Cluster
@@ -108,23 +115,168 @@ def test_a_chunk_with_anything_but_a_valid_trade_takes_the_line_by_line_path(
     assert trades_of(b"AAPL 1\n" + odd_line + b"\nMSFT 2\n") is None
 
 
-lines = st.text(alphabet=st.sampled_from("AZaz09._:/- \t+-eE.\r\x00\x85é"), min_size=0, max_size=12)
+def any_case(word: str) -> st.SearchStrategy[str]:
+    """``word`` with each letter in either case."""
+    return st.lists(st.booleans(), min_size=len(word), max_size=len(word)).map(
+        lambda ups: "".join(c.upper() if up else c for c, up in zip(word, ups, strict=True))
+    )
 
 
-@given(st.lists(lines, min_size=1, max_size=8))
-def test_the_burst_path_agrees_with_parse_line(texts: list[str]) -> None:
-    """Whenever the burst path takes a chunk, each of its lines is a trade by parse_line, with
-    the same symbol and quantity."""
-    block = "".join(text.replace("\n", "") + "\n" for text in texts).encode()
-    trades = trades_of(block)
-    if trades is None:
-        return
-    for raw, (symbol, quantity, _, trade_id) in zip(block.split(b"\n"), trades, strict=False):
+WORD_CHARS = string.ascii_letters + string.digits + "._:/-"
+valid_symbols = st.text(alphabet=WORD_CHARS, min_size=1, max_size=6)
+valid_ids = st.text(alphabet=WORD_CHARS, min_size=1, max_size=4)
+blanks = st.text(alphabet=" \t", min_size=1, max_size=2)
+# Numbers as the grammar spells them: whole, decimal, exponents, signs; zero and out of range
+# among them.
+numbers = st.one_of(
+    st.integers(-(10**20), 10**20).map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.from_regex(
+        r"[+-]?(?:[0-9]{1,3}(?:\.[0-9]{0,3})?|\.[0-9]{1,3})(?:[eE][+-]?[0-9]{1,3})?", fullmatch=True
+    ),
+)
+# Each word or gap as the grammar refuses it, or as it may take it but not as a trade:
+command_words = st.sampled_from(COMMANDS).flatmap(any_case)
+odd_symbols = st.one_of(
+    st.text(alphabet="Az9._:/-", min_size=31, max_size=34),  # 32 is the longest
+    st.sampled_from(["exits", "quitx", "hel", "positionsx", "Snapshot1"]),  # symbols
+    st.text(alphabet="Ae$_+\x00\x85\xa0\xe9\uff11", min_size=1, max_size=4),
+)
+odd_gaps = st.sampled_from(["", "\xa0", "\r", " \x0b", "\u3000"])
+# What float() or int() would take but the grammar does not (inf, nan, 1_000, spaces, other
+# scripts' digits), zero, out of range, too long for int(), halves of an ulp.
+odd_quantities = st.one_of(
+    st.floats().map(repr),
+    st.text(alphabet="+-0123456789.eE_", max_size=6),
+    st.sampled_from(
+        [
+            *("0", "-0", "+0.0", "0e999", "000", "1e999", "-1e999", "1e-999", "4e-324"),
+            *("9007199254740993", "-9007199254740993", "1" * 309, "-" + "9" * 400),
+            *("0" * 5000 + "1", "1" + "0" * 4400, "inf", "-Infinity", "nan", "1_000"),
+            *("0x10", "1 000", "\uff11", "1\u0660", "\xb2"),
+        ]
+    ),
+)
+odd_ids = st.one_of(
+    st.text(alphabet="Az9._:/-", min_size=63, max_size=66),  # 64 is the longest
+    st.text(alphabet="Ae$_+\x00\xa0\xe9", min_size=1, max_size=4),
+)
+
+
+def lines_of(
+    symbols: st.SearchStrategy[str],
+    gaps: st.SearchStrategy[str],
+    quantities: st.SearchStrategy[str],
+    ids: st.SearchStrategy[str],
+) -> st.SearchStrategy[str]:
+    """Lines of SYMBOL QTY [TRADE_ID] from these words and gaps, blanks around, CRs at the end."""
+    return st.builds(
+        lambda *parts: "".join(parts),
+        st.text(alphabet=" \t", max_size=2),
+        symbols,
+        gaps,
+        quantities,
+        st.one_of(st.just(""), st.tuples(gaps, ids).map("".join)),
+        st.text(alphabet=" \t", max_size=2),
+        st.sampled_from(["", "", "\r", "\r\r"]),
+    )
+
+
+valid_lines = lines_of(valid_symbols, blanks, numbers, valid_ids)
+odd_lines = st.one_of(
+    lines_of(command_words, blanks, numbers, valid_ids),  # one word or gap at a time
+    lines_of(odd_symbols, blanks, numbers, valid_ids),
+    lines_of(valid_symbols, odd_gaps, numbers, valid_ids),
+    lines_of(valid_symbols, blanks, odd_quantities, valid_ids),
+    lines_of(valid_symbols, blanks, numbers, odd_ids),
+    lines_of(
+        st.one_of(command_words, odd_symbols, valid_symbols),
+        st.one_of(odd_gaps, blanks),
+        st.one_of(odd_quantities, numbers),
+        st.one_of(odd_ids, valid_ids),
+    ),
+    st.sampled_from(["", " ", "\t", "\r", "AAPL", "AAPL 1 2 3", "AAPL 1 x y", "history AAPL 5"]),
+    command_words,
+    st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\n"), max_size=12),
+).map(str.encode)
+
+
+def with_odd_line(drawn: tuple[list[bytes], bytes | None, int]) -> list[bytes]:
+    """The valid lines, and the odd one if any at its place among them."""
+    valid, odd, at = drawn
+    return valid if odd is None else [*valid[:at], odd, *valid[at:]]
+
+
+# A chunk: lines that are valid trades (but zero and out of range quantities among them), and
+# maybe one odd line, a trade or not, among them.
+chunks = st.tuples(
+    st.lists(valid_lines.map(str.encode), max_size=6),
+    st.one_of(
+        st.none(),
+        odd_lines,
+        odd_lines,
+        odd_lines,
+        st.binary(max_size=8).map(lambda raw: raw.replace(b"\n", b"")),  # not always UTF-8
+    ),
+    st.integers(0, 6),
+).map(with_odd_line)
+
+
+def parsed_one_by_one(block: bytes) -> list[tuple[str, float, None, str | None]] | None:
+    """What ``parse_line`` makes of each line of ``block`` as the console decodes it: the
+    trades if every line is one, else None."""
+    trades = []
+    for raw in block.split(b"\n")[:-1]:
         try:
-            parsed = parse_line(raw.decode())
-        except ConsoleError as exc:  # pragma: no cover - the assertion below reports it
-            raise AssertionError(f"{raw!r} taken as a trade but refused: {exc}") from exc
-        assert parsed == TradeCommand(symbol, quantity, trade_id)
+            parsed = parse_line(raw.decode(errors="replace"))
+        except ConsoleError:
+            return None
+        if not isinstance(parsed, TradeCommand):
+            return None
+        trades.append((parsed.symbol, parsed.quantity, None, parsed.trade_id))
+    return trades
+
+
+@given(chunks)
+def test_the_burst_path_is_parse_line_on_every_line(lines: list[bytes]) -> None:
+    """For any chunk of lines, valid or not, ``trades_of`` gives exactly the trades
+    ``parse_line`` reads in its lines when every line is a trade, and None otherwise (then the
+    console parses the chunk line by line, with the same errors)."""
+    block = b"".join(line + b"\n" for line in lines)
+    burst = trades_of(block)
+    assert burst == parsed_one_by_one(block)
+    for symbol, quantity, _, trade_id in burst or ():
+        assert type(symbol) is str and type(quantity) is float
+        assert trade_id is None or type(trade_id) is str
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        [b"AAPL 1", b"MSFT -2.5 id-1", b"IBM 3"],  # some lines with a trade ID
+        [b"AAPL 1 a", b"MSFT -2.5 id-1", b" IBM\t3\tc \r"],  # every line
+        [b"AAPL " + b"0" * 5000 + b"1", b"MSFT 9007199254740993"],  # too long for int()
+        [b"AAPL 1", b"MSFT 1" + b"0" * 400],  # out of range
+        [b"AAPL 1", b"MSFT -1e999"],
+        [b"AAPL 1", b"MSFT -0"],
+        [b"AAPL 1", b"pOsItIoNs 1"],
+        [b"AAPL 1", b"AAPL 1 2 3"],
+    ],
+)
+def test_the_burst_path_reads_ids_huge_numbers_and_odd_lines_as_parse_line(
+    lines: list[bytes],
+) -> None:
+    """The cases the property above might take long to draw, each compared the same way."""
+    block = b"".join(line + b"\n" for line in lines)
+    assert trades_of(block) == parsed_one_by_one(block)
+
+
+def test_a_chunk_must_end_with_its_newline() -> None:
+    """A chunk is whole lines: one whose last line has no newline is not a burst (the console
+    never passes one)."""
+    assert trades_of(b"AAPL 1\nMSFT 2") is None
+    assert trades_of(b"AAPL 1\n!") is None
+    assert trades_of(b"") == []
 
 
 def test_odd_keyboards_and_command_words_with_arguments_are_errors_never_trades(
