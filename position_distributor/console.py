@@ -158,10 +158,23 @@ def trades_of(block: bytes) -> list[tuple[str, float, None, str | None]] | None:
         symbols, texts, trade_ids = zip_longest(*map(str.split, text.splitlines()))
     if not _EVERY_COMMAND_SPELLING.isdisjoint(symbols):
         return None
-    quantities = list(map(float, texts))
+    quantities = _floats(texts)
     if not _NOT_A_CHANGE.isdisjoint(quantities):
         return None
     return list(zip(symbols, quantities, repeat(None), trade_ids))
+
+
+def _floats(numbers: Sequence[str]) -> list[float]:
+    """``float`` of each of these numbers (as the grammar spells them). Whole numbers go by
+    ``int``, a third faster, and exact: both round to the nearest float (only ``-0`` gives 0.0
+    where ``float`` gives -0.0, and a trade refuses either)."""
+    together = "".join(numbers)
+    if "." not in together and "e" not in together and "E" not in together:
+        try:
+            return list(map(float, map(int, numbers)))
+        except (ValueError, OverflowError):  # over int()'s 4,300 digits, or out of range
+            pass
+    return list(map(float, numbers))
 
 
 def parse_line(line: str) -> TradeCommand | Command | None:
