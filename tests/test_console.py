@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import string
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import given
@@ -316,3 +318,40 @@ def test_the_greedy_form_of_the_grammar_is_the_one_it_was() -> None:
     assert greedy(console._NUMBER_ONLY).pattern == (
         r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
     )
+
+
+def takes(convert: Callable[[str], object], word: str) -> bool:
+    """Whether ``convert(word)`` takes ``word`` as a number."""
+    try:
+        convert(word)
+    except ValueError:
+        return False
+    return True
+
+
+def all_words(alphabet: str, longest: int) -> Iterator[str]:
+    """Every word of ``alphabet`` up to ``longest`` characters."""
+    for length in range(1, longest + 1):
+        yield from map("".join, itertools.product(alphabet, repeat=length))
+
+
+def test_float_and_int_take_exactly_the_grammar_s_numbers_over_their_characters() -> None:
+    """The burst path checks only that a quantity is a word of a number's characters
+    (``_NUMBER_CHARS``) and leaves the rest to ``float`` (``int`` for whole numbers): over
+    those characters each takes exactly the numbers ``_NUMBER`` matches. Every word of up to 6
+    of them (two digits stand for ten)."""
+    for word in all_words("+-09.eE", 6):
+        number = console._NUMBER_ONLY.fullmatch(word) is not None
+        assert takes(float, word) == number, word
+        if not {".", "e", "E"} & set(word):
+            assert takes(int, word) == number, word
+
+
+@given(st.text(alphabet="+-0123456789.eE", min_size=1, max_size=30))
+def test_float_and_int_take_exactly_the_grammar_s_numbers_of_any_length(word: str) -> None:
+    """As above, for longer words."""
+    assert console._NUMBER_CHARS == r"[-+0-9.eE]++"
+    number = console._NUMBER_ONLY.fullmatch(word) is not None
+    assert takes(float, word) == number
+    if not {".", "e", "E"} & set(word):
+        assert takes(int, word) == number

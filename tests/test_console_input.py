@@ -126,13 +126,16 @@ WORD_CHARS = string.ascii_letters + string.digits + "._:/-"
 valid_symbols = st.text(alphabet=WORD_CHARS, min_size=1, max_size=6)
 valid_ids = st.text(alphabet=WORD_CHARS, min_size=1, max_size=4)
 blanks = st.text(alphabet=" \t", min_size=1, max_size=2)
-# Numbers as the grammar spells them: whole, decimal, exponents, signs; zero and out of range
-# among them.
+# Numbers as the grammar spells them, none zero or out of range: whole, decimal, exponents,
+# signs, leading zeros.
 numbers = st.one_of(
-    st.integers(-(10**20), 10**20).map(str),
-    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.tuples(st.sampled_from(["", "+", "-"]), st.integers(1, 10**20)).map(
+        lambda drawn: f"{drawn[0]}{drawn[1]}"
+    ),
+    st.floats(allow_nan=False, allow_infinity=False).filter(bool).map(repr),
     st.from_regex(
-        r"[+-]?(?:[0-9]{1,3}(?:\.[0-9]{0,3})?|\.[0-9]{1,3})(?:[eE][+-]?[0-9]{1,3})?", fullmatch=True
+        r"[+-]?0{0,2}(?:[1-9][0-9]{0,2}(?:\.[0-9]{0,3})?|\.0?[1-9][0-9]{0,2})(?:[eE][+-]?[0-9]{1,2})?",
+        fullmatch=True,
     ),
 )
 # Each word or gap as the grammar refuses it, or as it may take it but not as a trade:
@@ -145,17 +148,16 @@ odd_symbols = st.one_of(
 odd_gaps = st.sampled_from(["", "\xa0", "\r", " \x0b", "\u3000"])
 # What float() or int() would take but the grammar does not (inf, nan, 1_000, spaces, other
 # scripts' digits), zero, out of range, too long for int(), halves of an ulp.
+odd_numbers = st.sampled_from(
+    [
+        *("0", "-0", "+0.0", "0e999", "000", "1e999", "-1e999", "1e-999", "4e-324"),
+        *("9007199254740993", "-9007199254740993", "1" * 309, "-" + "9" * 400),
+        *("0" * 5000 + "1", "1" + "0" * 4400, "inf", "-Infinity", "nan", "1_000"),
+        *("0x10", "1 000", "\uff11", "1\u0660", "\xb2", "1e", ".", "+-1", "1.2.3"),
+    ]
+)
 odd_quantities = st.one_of(
-    st.floats().map(repr),
-    st.text(alphabet="+-0123456789.eE_", max_size=6),
-    st.sampled_from(
-        [
-            *("0", "-0", "+0.0", "0e999", "000", "1e999", "-1e999", "1e-999", "4e-324"),
-            *("9007199254740993", "-9007199254740993", "1" * 309, "-" + "9" * 400),
-            *("0" * 5000 + "1", "1" + "0" * 4400, "inf", "-Infinity", "nan", "1_000"),
-            *("0x10", "1 000", "\uff11", "1\u0660", "\xb2"),
-        ]
-    ),
+    odd_numbers, st.floats().map(repr), st.text(alphabet="+-0123456789.eE_", max_size=6)
 )
 odd_ids = st.one_of(
     st.text(alphabet="Az9._:/-", min_size=63, max_size=66),  # 64 is the longest
@@ -188,6 +190,7 @@ odd_lines = st.one_of(
     lines_of(odd_symbols, blanks, numbers, valid_ids),
     lines_of(valid_symbols, odd_gaps, numbers, valid_ids),
     lines_of(valid_symbols, blanks, odd_quantities, valid_ids),
+    lines_of(valid_symbols, blanks, odd_numbers, valid_ids),
     lines_of(valid_symbols, blanks, numbers, odd_ids),
     lines_of(
         st.one_of(command_words, odd_symbols, valid_symbols),
@@ -207,8 +210,7 @@ def with_odd_line(drawn: tuple[list[bytes], bytes | None, int]) -> list[bytes]:
     return valid if odd is None else [*valid[:at], odd, *valid[at:]]
 
 
-# A chunk: lines that are valid trades (but zero and out of range quantities among them), and
-# maybe one odd line, a trade or not, among them.
+# A chunk: lines that are valid trades, and maybe one odd line, a trade or not, among them.
 chunks = st.tuples(
     st.lists(valid_lines.map(str.encode), max_size=6),
     st.one_of(
@@ -258,6 +260,7 @@ def test_the_burst_path_is_parse_line_on_every_line(lines: list[bytes]) -> None:
         [b"AAPL " + b"0" * 5000 + b"1", b"MSFT 9007199254740993"],  # too long for int()
         [b"AAPL 1", b"MSFT 1" + b"0" * 400],  # out of range
         [b"AAPL 1", b"MSFT -1e999"],
+        *([b"AAPL 1", b"MSFT " + word] for word in (b"1_000", b"inf", b"nan", b"0x10", b"1e")),
         [b"AAPL 1", b"MSFT -0"],
         [b"AAPL 1", b"pOsItIoNs 1"],
         [b"AAPL 1", b"AAPL 1 2 3"],
