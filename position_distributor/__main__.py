@@ -598,7 +598,7 @@ def run_console(node: Node, stdin: int, stderr: IO[str]) -> None:
 
     Trades read together are submitted together (one queue operation for a burst); a
     command runs after the trades typed before it are submitted. A chunk made only of trade
-    lines is taken by one regex call (``console.trades_of``); any other chunk line by line
+    lines is taken at once (``console.trades_of``); any other chunk line by line
     (``console.parse_line``): one grammar either way.
     """
     unflushed = False  # trades submitted since the last query
