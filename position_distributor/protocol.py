@@ -246,13 +246,19 @@ class Protocol:
                 answer=encode(Bye("this node does not speak TLS")),
             )
         try:
-            payloads = self._decoder.feed(data)
-            if self.state in _POSITIONS_STATES:
-                # The common read once live (or syncing): nothing but the peer's own positions,
-                # checked together (what the rules below check of each, one at a time).
+            if self.state in _POSITIONS_STATES and self.peer is not None:
+                # The common read once live (or syncing): nothing but the peer's own valid
+                # positions, as our encoder writes them, cut and parsed together (what the
+                # rules below accept of each, one at a time); then the same in any encoding,
+                # checked together.
+                fast, payloads = self._decoder.feed_positions(data, self.peer.strategy)
+                if fast is not None:
+                    return fast  # type: ignore[return-value]
                 positions = parse_positions(payloads)
                 if positions is not None and self._own_and_valid(positions):
                     return positions  # type: ignore[return-value]
+            else:
+                payloads = self._decoder.feed(data)
             events: list[Event] = []
             state = None
             rules: dict[type, _Rule] = {}
