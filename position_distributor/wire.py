@@ -468,7 +468,7 @@ _TOP_BYTE: Final = MAX_TIMESTAMP >> 56  # a 9th varint byte below it: 2**56 <= t
 assert _TOP_BYTE << 56 == MAX_TIMESTAMP and 1 < _TOP_BYTE < 0x80
 _CANONICAL_FRAME: Final = (
     rb"\x00\x00\x00(.\x32.\x0a%s\x12.)"  # the head: its lengths, the name, the symbol's tag
-    + rb"([%s]{1,%d})" % (SYMBOL_CHARS.encode(), MAX_SYMBOL_LENGTH)  # a valid symbol
+    + rb"([%s]{1,%%d})" % SYMBOL_CHARS.encode()  # a valid symbol, its frame under 128 bytes
     + rb"\x19(.{8}\x20[\x80-\xff]{8}[\x01-%s])" % re.escape(bytes((_TOP_BYTE - 1,)))
 )
 _TAIL: Final = 18  # the net's 8 bytes, the timestamp's tag and 9 bytes
@@ -476,37 +476,42 @@ _MIN_CANONICAL_READ: Final = 512  # bytes of a read below which protobuf parses 
 
 
 class _Canonical(NamedTuple):
-    """One strategy's canonical frames: ``split`` by their pattern, and the head of a frame
-    for each length of symbol (``b""`` where it would be 128 bytes or more, another form)."""
+    """One strategy's canonical frames: ``split`` by their pattern, the size of a head, and
+    a frame's length and its SymbolPos's by the length of its symbol (``bytes.translate``
+    tables)."""
 
     split: Any
-    heads: list[bytes]
+    head: int
+    frame_sizes: bytes
+    body_sizes: bytes
 
 
 _CANONICAL: dict[str, _Canonical | None] = {}  # by strategy, bounded as _STRATEGY_PREFIXES
 
 
 def _canonical(strategy: str) -> _Canonical | None:
-    """``strategy``'s canonical frames (None for a name of 128 bytes or more), cached."""
+    """``strategy``'s canonical frames (None for a name too long for any), cached."""
     form = _CANONICAL.get(strategy)
     if form is None and strategy not in _CANONICAL:
         name = strategy.encode()
-        if 0 < len(name) < 128:
+        body = len(name) + 23  # a SymbolPos's bytes besides its symbol's
+        longest = min(MAX_SYMBOL_LENGTH, 127 - 2 - body)  # a frame's length is one byte
+        if longest > 0:
             prefix = b"%c%s" % (len(name), name)
-            heads = [b""] * (MAX_SYMBOL_LENGTH + 1)
-            for length in range(1, MAX_SYMBOL_LENGTH + 1):
-                size = len(prefix) + length + 22  # the SymbolPos's bytes
-                if size + 2 < 128:
-                    heads[length] = b"%c\x32%c\x0a%s\x12%c" % (size + 2, size, prefix, length)
-            pattern = re.compile(_CANONICAL_FRAME % re.escape(prefix), re.DOTALL)
-            form = _Canonical(pattern.split, heads)
+            pattern = _CANONICAL_FRAME % (re.escape(prefix), longest)
+            form = _Canonical(
+                re.compile(pattern, re.DOTALL).split,
+                len(prefix) + 6,
+                bytes((body + 2 + length) & 0xFF for length in range(256)),
+                bytes((body + length) & 0xFF for length in range(256)),
+            )
         if len(_CANONICAL) >= _MAX_PREFIXES:
             _CANONICAL.clear()
         _CANONICAL[strategy] = form
     return form
 
 
-# Masks over a read's timestamps in 8-byte slots (see _timestamps): the low 7 bits of each
+# Masks over a read's timestamps in 8-byte slots (see _nets_and_timestamps): the low 7 bits of each
 # byte, then each slot's low and high 8-, 16- and 32-bit halves of its 16-, 32-, 64-bit parts.
 _SLOT_MASKS: Final = (
     b"\x7f" * 8,
@@ -562,8 +567,16 @@ def _canonical_positions(data: bytes, strategy: str) -> tuple[list[Position] | N
     symbols = parts[2::4]
     if not symbols:
         return [], 0
-    # Each frame's lengths are those of its symbol's frame (then it is whole and no longer).
-    if list(map(form.heads.__getitem__, map(len, symbols))) != parts[1::4]:
+    # Each frame's lengths (its header's, its SymbolPos's, its symbol's: the first, third
+    # and last bytes of its head) are those its symbol makes: then it is whole and no more.
+    heads = b"".join(parts[1::4])
+    lengths = bytes(map(len, symbols))
+    size = form.head
+    if (
+        heads[size - 1 :: size] != lengths
+        or heads[::size] != lengths.translate(form.frame_sizes)
+        or heads[2::size] != lengths.translate(form.body_sizes)
+    ):
         return None, 0
     count = len(symbols)
     nets, timestamps = _nets_and_timestamps(b"".join(parts[3::4]), count)

@@ -295,3 +295,19 @@ def test_symbol_characters_match_the_rule() -> None:
         taken = Decoder().feed_positions(encode_positions(sent), PEER)[0] is not None
         assert taken == (char.isalnum() or char in "._:/-"), repr(char)
     assert "._:/-" in SYMBOL_CHARS and HEADER_SIZE == 4
+
+
+@pytest.mark.parametrize("length", [1, 10, 64, 95, 100, 101, 102, 127, 128])
+def test_names_and_symbols_of_every_length(length: int) -> None:
+    """For a peer's name of any length, the frames of each length of symbol are taken (those
+    under 128 bytes) or declined (the others, which protobuf encodes otherwise), and read as
+    protobuf reads them."""
+    name = "n" * length
+    for size in range(1, 34):
+        sent = [Position(name, f"{i:0{size}d}"[-size:], 2.5, NOW + i) for i in range(40)]
+        data = encode_positions(sent)
+        positions, payloads = Decoder().feed_positions(data, name)
+        small = len(encode_position(sent[0])) - HEADER_SIZE < 128
+        assert (positions is not None) == (small and size <= 32)
+        expected = list(parse_many(Decoder().feed(data)))
+        assert positions == expected if positions is not None else payloads == Decoder().feed(data)
