@@ -469,7 +469,7 @@ assert _TOP_BYTE << 56 == MAX_TIMESTAMP and 1 < _TOP_BYTE < 0x80
 _CANONICAL_FRAME: Final = (
     rb"\x00\x00\x00(.\x32.\x0a%s\x12.)"  # the head: its lengths, the name, the symbol's tag
     + rb"([%s]{1,%%d})" % SYMBOL_CHARS.encode()  # a valid symbol, its frame under 128 bytes
-    + rb"\x19(.{8}\x20[\x80-\xff]{8}[\x01-%s])" % re.escape(bytes((_TOP_BYTE - 1,)))
+    + rb"\x19(.{8}\x20.{9})"  # the net, the timestamp (its varint checked after)
 )
 _TAIL: Final = 18  # the net's 8 bytes, the timestamp's tag and 9 bytes
 _MIN_CANONICAL_READ: Final = 512  # bytes of a read below which protobuf parses it faster
@@ -523,13 +523,18 @@ _SLOT_MASKS: Final = (
     b"\x00" * 4 + b"\xff" * 4,
 )
 _masks: tuple[int, list[int]] = (0, [])  # for how many slots, the masks
+_FLIP_TOP_BIT: Final = bytes(byte ^ 0x80 for byte in range(256))  # then ASCII: all had it
+_NINTH_BYTES: Final = bytes(range(1, _TOP_BYTE))  # a 9th varint byte for 2**56 <= t < MAX
 
 
-def _nets_and_timestamps(tails: bytes, count: int) -> tuple[tuple[float, ...], tuple[int, ...]]:
-    """The nets and timestamps of ``count`` frames' tails (a net's 8 bytes, 0x20 and a 9-byte
-    varint each), decoded together: the nets' bytes gathered by strided copies, the varints'
-    first 8 bytes laid in 8-byte slots of one big integer, whose 7-bit groups are packed by
-    4 rounds of masks and shifts over all the slots at once, then their 9th bytes added."""
+def _nets_and_timestamps(
+    tails: bytes, count: int
+) -> tuple[tuple[float, ...], tuple[int, ...]] | None:
+    """The nets and timestamps of ``count`` frames' tails (a net's 8 bytes, 0x20 and 9 bytes
+    each), decoded together, if each timestamp is a 9-byte varint from 2**56 to MAX_TIMESTAMP:
+    the nets' bytes gathered by strided copies, the varints' first 8 bytes laid in 8-byte
+    slots of one big integer, whose 7-bit groups are packed by 4 rounds of masks and shifts
+    over all the slots at once, then their 9th bytes added. None if one is not."""
     global _masks
     size, masks = _masks
     if size < count:  # grown to the largest read seen, then reused
@@ -543,12 +548,15 @@ def _nets_and_timestamps(tails: bytes, count: int) -> tuple[tuple[float, ...], t
     nets = struct.unpack(f"<{count}d", slots)
     for i in range(8):
         slots[i::8] = tails[9 + i :: _TAIL]
+    ninth = tails[17::_TAIL]
+    if not slots.translate(_FLIP_TOP_BIT).isascii() or ninth.translate(None, _NINTH_BYTES):
+        return None
     x = int.from_bytes(slots, "little") & low7
     x = (x & high8) >> 1 | (x & low8)
     x = (x & high16) >> 2 | (x & low16)
     x = (x & high32) >> 4 | (x & low32)
     slots = bytearray(8 * count)
-    slots[7::8] = tails[17::_TAIL]  # the 9th byte: the value's bits 56 to 62
+    slots[7::8] = ninth  # the 9th byte: the value's bits 56 to 62
     x |= int.from_bytes(slots, "little")
     return nets, struct.unpack(f"<{count}Q", x.to_bytes(8 * count, "little"))
 
@@ -579,7 +587,10 @@ def _canonical_positions(data: bytes, strategy: str) -> tuple[list[Position] | N
     ):
         return None, 0
     count = len(symbols)
-    nets, timestamps = _nets_and_timestamps(b"".join(parts[3::4]), count)
+    decoded = _nets_and_timestamps(b"".join(parts[3::4]), count)
+    if decoded is None:
+        return None, 0
+    nets, timestamps = decoded
     if not math.isfinite(sum(nets)):  # an infinite or NaN one (or a sum that overflows)
         return None, 0
     if 0.0 in nets:  # a net of -0.0 is spelt 0.0, as _positions_of does
