@@ -413,6 +413,19 @@ class _RecordingPeer(_FakePeer):
         return 1
 
 
+def _console_reads(text: bytes, size: int = 1 << 15) -> list[bytes]:
+    """``text`` as the console takes it from stdin: reads of ``size`` bytes, each cut after
+    its last newline, the rest carried into the next."""
+    reads = []
+    tail = b""
+    for start in range(0, len(text), size):
+        data = tail + text[start : start + size]
+        end = data.rfind(b"\n") + 1
+        reads.append(data[:end])
+        tail = data[end:]
+    return reads
+
+
 def no_coalescing(count: int = 20_000, repeats: int = 5) -> dict[str, float]:
     """W1N's path in one process, step by step, in CPU us per trade (best of ``repeats``):
     a symbol per trade, so every trade is stored, encoded, sent, received, stored and printed
@@ -442,8 +455,7 @@ def no_coalescing(count: int = 20_000, repeats: int = 5) -> dict[str, float]:
         conn.name = "strategy_1"
         for rep in range(repeats):
             text = "".join(f"U{rep}{i:06d} {i % 1000 + 1}\n" for i in range(count)).encode()
-            reads = [text[i : i + 65536] for i in range(0, len(text), 65536)]
-            reads = [r[: r.rfind(b"\n") + 1] for r in reads]  # whole lines, as the console
+            reads = _console_reads(text)
             timings: dict[str, float] = {}
             clock = time.thread_time
             t0 = clock()
