@@ -608,7 +608,7 @@ _NINTH_BYTES: Final = bytes(range(1, _TOP_BYTE))  # a 9th varint byte for 2**56 
 
 
 def _nets_and_timestamps(
-    tails: bytes, count: int
+    tails: bytearray, count: int
 ) -> tuple[tuple[float, ...], tuple[int, ...]] | None:
     """The nets and timestamps of ``count`` frames' tails (a net's 8 bytes, 0x20 and 9 bytes
     each), decoded together, if each timestamp is a 9-byte varint from 2**56 to MAX_TIMESTAMP:
@@ -667,7 +667,8 @@ def _canonical_positions(data: bytes, strategy: str) -> tuple[list[Position] | N
     ):
         return None, 0
     count = len(symbols)
-    decoded = _nets_and_timestamps(b"".join(parts[3::4]), count)
+    # (A bytearray: a strided copy from one costs half as much as from bytes.)
+    decoded = _nets_and_timestamps(bytearray().join(parts[3::4]), count)
     if decoded is None:
         return None, 0
     nets, timestamps = decoded
