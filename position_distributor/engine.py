@@ -409,6 +409,13 @@ class Engine:
         commit, every trade of the batch is refused and the book is put back as it was (see
         ``_refuse_batch``).
         """
+        if len(batches) == 1:
+            arrived, only = batches[0]
+            if len(only) == 1:
+                trade = only[0]
+                if trade[0] and trade[2] is None and trade[3] is None:
+                    self._apply_lone_trade(arrived, trade[0], trade[1])
+                    return
         name = self.name
         orders: list[_Trade] = []  # the trades for the book, in order
         # Each order's (future, trade ID), or None; no list while no order has either (a
@@ -571,6 +578,41 @@ class Engine:
                 exc,
             )
 
+    def _apply_lone_trade(self, arrived: float, symbol: str, quantity: float) -> None:
+        """``_apply_trades`` for a batch of one plain trade (no barrier, future or ID: one
+        line typed at the console), with what a batch of one needs and nothing else: the
+        same steps, results and errors, without the batch's lists (see performance.md,
+        "Round five")."""
+        name = self.name
+        now_ns = time.time_ns()
+        with self._publish_lock:
+            with self._book_lock:
+                result = self._book.trade_many(
+                    name, [(symbol, quantity)], self._clock, self._max_symbols
+                )[0]
+            if type(result) is not Position:
+                self._refuse(None, [], self._refusal(result, symbol, quantity))
+                return
+            applied = [result]
+            trades: list[TradeRow] = [(symbol, quantity, result[2], result[3])]
+            try:
+                self._publish(
+                    _Publication(
+                        applied, stored=applied, broadcast=applied, trades=trades, applied_at=now_ns
+                    )
+                )
+            except StoreError as exc:
+                self._put_back([(name, symbol)])
+                self._refuse_batch(trades, [], exc)
+                self.stats.refused += 1
+                return
+            stats = self.stats
+            stats.latency.observe(time.monotonic() - arrived)
+            stats.trades += 1
+            stats.own_changes += 1
+            if self._store.fold_due:
+                self._fold()
+
     def _refusal(self, refused: Position | Refused, symbol: str, quantity: float) -> str:
         """What to say of an own trade the book refused."""
         if refused is Refused.MAX_SYMBOLS:
@@ -690,6 +732,8 @@ class Engine:
         the links they came from are closed: their sync, once redialled, sends them
         again.
         """
+        if len(batch) == 1 and self._apply_peer_read(*batch[0]):
+            return
         name = self.name
         book = self._book
         changes: list[Position] = []
@@ -798,6 +842,37 @@ class Engine:
             self._ask_repair(link, digest)
         for link in asked:
             self._send_repair(link)
+
+    def _apply_peer_read(self, link: Link, messages: list[Any]) -> bool:
+        """``_apply_positions`` for a batch of one read made only of the peer's own positions
+        (W2's case: one position) outside a repair, none of which can reach the symbol cap:
+        the same steps and results, without the general batch's bookkeeping. False (nothing
+        done) for any other read, which the general path then applies."""
+        peer = link.name
+        if (
+            peer is None
+            or peer == self.name
+            or (self._repairs and link in self._repairs)
+            or {*map(type, messages)} != _POSITION_TYPE
+            or not all(map(peer.__eq__, map(_STRATEGY_OF, messages)))
+        ):
+            return False
+        with self._publish_lock:
+            with self._book_lock:
+                if self._book.count(peer) + len(messages) > self._max_symbols:
+                    return False
+                changes = self._book.merge_many(peer, messages)
+            relayed = [(position, link) for position in changes] if self.relay else []
+            try:
+                self._publish(_Publication(changes, relayed=relayed))
+                self.stats.peer_changes += len(changes)
+                if self._store.fold_due:
+                    self._fold()
+            except StoreError as exc:
+                self._put_back([(p.strategy, p.symbol) for p in changes])
+                self._store_failed(exc, f"{len(changes)} position(s) from peers")
+                link.close("its positions could not be stored; its next sync sends them again")
+        return True
 
     def _over_cap(self, position: Position) -> bool:
         """Whether ``position`` is a new symbol of a strategy already at the symbol cap
