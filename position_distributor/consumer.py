@@ -29,7 +29,8 @@ __all__ = ["Consumer"]
 T = TypeVar("T")
 
 _STOP: Final = object()  # the sentinel the thread reads from its own queue to end
-_MAIN: Final = threading.main_thread()
+_MAIN_IDENT: Final = threading.main_thread().ident
+_get_ident: Final = threading.get_ident
 
 
 class Consumer(Generic[T]):
@@ -96,14 +97,16 @@ class Consumer(Generic[T]):
                     or self._size is None
                     or self._size(item) <= self._max_inline
                 )
-                and threading.current_thread() is not _MAIN
+                and _get_ident() != _MAIN_IDENT
                 and self._applying.acquire(False)
             )
         if not inline:
             self._queue.put(item)
             return True
         try:
-            self._run([item])
+            self._apply([item])
+        except Exception:
+            self._fail()
         finally:
             with self._lock:
                 self._pending -= 1

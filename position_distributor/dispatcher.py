@@ -21,6 +21,10 @@ class Event(enum.Enum):
     CLOSED = "closed"  # handler(conn, reason): a connection that had completed its handshake closed
     IDENTIFIED = "identified"  # handler(address, strategy): a configured address said who it is
 
+    # Members are singletons: hashed by identity in C (Enum's own hash is a Python call, and
+    # fire() looks the event up at every read of a socket).
+    __hash__ = object.__hash__
+
 
 Handler = Callable[..., Any]
 

@@ -122,6 +122,10 @@ class State(enum.Enum):
     LIVE = "live"
     CLOSED = "closed"
 
+    # Members are singletons: hashed by identity in C (Enum's own hash is a Python call, and
+    # receive_data looks the state up in a set at every read).
+    __hash__ = object.__hash__
+
 
 # The states in which the peer sends its own positions, each taken as it is if valid.
 _POSITIONS_STATES: Final = frozenset({State.SYNC, State.LIVE})
@@ -286,9 +290,18 @@ class Protocol:
         """Whether every one of ``positions`` is the peer's own and valid, as
         ``_on_live_position`` and ``_on_sync_position`` would each find it: checked by C
         loops over the whole list (False may only mean: check them one at a time)."""
+        peer = self.peer
+        if len(positions) == 1:  # a lone position (W2's case): checked as one
+            strategy, symbol, net, timestamp = positions[0]
+            return (
+                peer is not None
+                and strategy == peer.strategy
+                and net - net == 0.0  # finite
+                and 0 < timestamp <= MAX_TIMESTAMP
+                and valid_symbol(symbol)
+            )
         if not positions:
             return True
-        peer = self.peer
         if peer is None:
             return False
         return (
