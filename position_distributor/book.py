@@ -8,6 +8,7 @@ import math
 import struct
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from itertools import islice
 from typing import Any, Final
 
 from .clock import Clock
@@ -25,9 +26,9 @@ class Refused(enum.Enum):
 
 DIGEST_SIZE: Final = 16  # bytes of a strategy's digest
 # Symbols of one strategy changed and not yet hashed into its digest, at most: beyond, they
-# are hashed at once (bounds the memory and the pause of a digest read; a burst below it
-# applies without hashing).
-_MAX_CHANGED: Final = 32_768
+# are hashed at once (bounds the memory; a burst below it applies without hashing, and the
+# node hashes the changes in slices once it is over: see fold_some).
+_MAX_CHANGED: Final = 262_144
 _PACK = struct.Struct("<dq").pack
 _BLAKE2B = hashlib.blake2b
 
@@ -229,12 +230,41 @@ class Book:
         if len(changed) > _MAX_CHANGED:
             self._fold(strategy)
 
+    def waiting(self, strategy: str | None = None) -> int:
+        """Symbols changed and not yet hashed into their digest: of ``strategy``, or of all."""
+        if strategy is not None:
+            return len(self._changed.get(strategy, ()))
+        return sum(map(len, self._changed.values()))
+
+    def fold_some(self, limit: int) -> int:
+        """Hash up to ``limit`` of the symbols changed since the last fold (of any strategy)
+        into their digests; return how many still wait. A thread hashes a burst's changes
+        in slices this way, letting go of the book between them, so that the next digest
+        read has few left to hash at once."""
+        for strategy, changed in list(self._changed.items()):
+            if limit <= 0:
+                break
+            if len(changed) <= limit:
+                del self._changed[strategy]
+                self._hash(strategy, changed.items())
+                limit -= len(changed)
+                continue
+            items = list(islice(changed.items(), limit))
+            for symbol, _ in items:
+                del changed[symbol]
+            self._hash(strategy, items)
+            limit = 0
+        return self.waiting()
+
     def _fold(self, strategy: str) -> None:
-        """Hash the symbols of ``strategy`` changed since the last fold into its digest: out
-        with each one's entry then, in with its entry now."""
+        """Hash the symbols of ``strategy`` changed since the last fold into its digest."""
         changed = self._changed.pop(strategy, None)
-        if not changed:
-            return
+        if changed:
+            self._hash(strategy, changed.items())
+
+    def _hash(self, strategy: str, changed: Iterable[tuple[str, Position | None]]) -> None:
+        """Hash ``changed`` symbols of ``strategy`` (each with its entry at the last fold)
+        into its digest: out with each one's entry then, in with its entry now."""
         get = self._by_strategy.get(strategy, {}).get
         xor = self._xor.get(strategy, 0)
         # entry_hash() of each entry before and after, written out (no call for an absent
@@ -242,7 +272,7 @@ class Book:
         pack = _PACK
         blake2b = _BLAKE2B
         from_bytes = int.from_bytes
-        for symbol, old in changed.items():
+        for symbol, old in changed:
             if old is not None:
                 data = old[1].encode() + pack(old[2], old[3])
                 xor ^= from_bytes(blake2b(data, digest_size=DIGEST_SIZE).digest(), "little")

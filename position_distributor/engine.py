@@ -56,6 +56,9 @@ _MAX_BATCH: Final = 8192  # messages per batch: bounds a transaction and a write
 _MAX_TRADE_BATCH: Final = 4096
 _MAX_QUEUED: Final = 64  # items waiting in each consumer's queue (a read of stdin or a socket)
 _STORE_ERROR_EVERY: Final = 60.0  # seconds between ERROR lines while the store keeps failing
+# Symbols hashed into the digests at a time by the anti-entropy thread (about 8 ms of the
+# book lock; see Engine._hash_in_slices).
+_HASH_SLICE: Final = 8192
 _REFUSED_SHOWN: Final = 5  # trades named in the error line of a refused batch
 # An own position sent back stamped further ahead of this machine's clock than this was
 # stamped by a clock that ran ahead (in this node's past), not by a live node: see _learn_own.
@@ -257,6 +260,8 @@ class Engine:
         self._digest_thread = threading.Thread(
             target=self._send_digests, name="anti-entropy", daemon=True
         )
+        # Strategies whose last digest was left uncompared (see _defer_digest).
+        self._deferred_digests: set[str] = set()
         # Trades and peers' changes committed as of the last tick of that thread: a tick
         # that finds no more folds the store (see _fold_when_quiet).
         self._activity_at_tick = (-1, -1)
@@ -795,6 +800,8 @@ class Engine:
                         elif type(message) is SyncDone and link.name is not None:
                             synced.append(link.name)
                         elif type(message) is Digest and link.name is not None:
+                            if self._defer_digest(link.name):
+                                continue
                             if book.digest(link.name) != (message.count, message.hash):
                                 mismatched.append((link, message))
                         elif type(message) is RepairRequest:
@@ -1113,13 +1120,41 @@ class Engine:
             kept.append((owner, repairing.kept))
 
     def _send_digests(self) -> None:
-        """Anti-entropy thread: the digest of our own positions to every peer, periodically."""
+        """Anti-entropy thread: the digest of our own positions to every peer, periodically
+        (after hashing what changed since the last one, in slices), and the store's fold
+        once the node is quiet."""
         try:
             while not self._digest_stop.wait(self._digest_interval):
+                self._hash_in_slices()
                 self._send_digest()
                 self._fold_when_quiet()
         except Exception:  # a safety net: this branch should never run
             logger.opt(exception=True).error("anti-entropy thread failed")
+
+    def _hash_in_slices(self) -> None:
+        """Hash the book's changes since the last digest read into the digests, a slice at a
+        time under the book lock (see ``Book.fold_some``): after a burst of many symbols,
+        neither the next digest sent nor a peer's digest compared hashes them all at once
+        in the path of the changes."""
+        while True:
+            with self._book_lock:
+                if self._book.fold_some(_HASH_SLICE) == 0:
+                    return
+
+    def _defer_digest(self, strategy: str) -> bool:
+        """Whether to leave a peer's digest uncompared, this once: when more than a slice of
+        that strategy's changes wait to be hashed (a burst just received) and this node's
+        anti-entropy thread hashes them in slices before the peer's next digest; never two
+        in a row. Caller holds the book lock."""
+        if (
+            self._digest_interval > 0
+            and strategy not in self._deferred_digests
+            and self._book.waiting(strategy) > _HASH_SLICE
+        ):
+            self._deferred_digests.add(strategy)
+            return True
+        self._deferred_digests.discard(strategy)
+        return False
 
     def _send_digest(self) -> None:
         """Send the digest of our own positions to every link (each sends it only if the

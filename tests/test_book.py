@@ -337,7 +337,7 @@ digest_positions = st.builds(
 )
 operations = st.lists(
     st.tuples(
-        st.sampled_from(["apply", "replace", "discard", "owner", "merge", "read"]),
+        st.sampled_from(["apply", "replace", "discard", "owner", "merge", "read", "slice"]),
         digest_positions,
     ),
     max_size=60,
@@ -357,13 +357,19 @@ def test_digest_is_the_xor_of_the_entries_whatever_the_changes(
     ops: list[tuple[str, Position]],
 ) -> None:
     """After any mix of merges, repairs, removals and the owner's own trades, with the
-    digest read at any points in between (the changes are hashed when it is read), each
-    strategy's digest equals the one computed from its entries."""
+    digest read at any points in between (the changes are hashed when it is read) and some
+    of the changes hashed ahead in slices (``fold_some``), each strategy's digest equals the
+    one computed from its entries."""
     book = Book()
     clock = Clock(100)
     for op, position in ops:
         if op == "read":
             assert book.digest(position.strategy) == recomputed(book, position.strategy)
+            assert book.waiting(position.strategy) == 0
+        elif op == "slice":
+            before = book.waiting()
+            left = book.fold_some(position.timestamp % 3 + 1)
+            assert left == book.waiting() == max(0, before - (position.timestamp % 3 + 1))
         elif op == "merge":
             book.merge_many(position.strategy, [position, position._replace(symbol="Y")])
         elif op == "apply":

@@ -623,3 +623,32 @@ def test_own_positions_are_folded_into_the_positions_table_when_the_trades_stop(
         assert table(path) == {}, f"folded while trading, after {count} trades"
     assert len(stored(path)) == min(count, 50)
     assert wait_until(lambda: table(path) == stored(path), timeout=5)
+
+
+def test_a_burst_is_hashed_into_the_digests_in_slices_and_a_digest_waits_once_at_most(
+    nodes: Nodes,
+) -> None:
+    """After a burst of more changed symbols than a slice, a peer's digest is left
+    uncompared once (never twice in a row), and the anti-entropy thread's pass hashes every
+    change into the digests a slice at a time, the digest then as computed from scratch."""
+    from position_distributor.book import entry_hash
+    from position_distributor.engine import _HASH_SLICE
+
+    node, _ = nodes.start("alpha")
+    engine = node._engine
+    assert engine is not None
+    burst = [Position("beta", f"S{i}", 1.0, i + 1) for i in range(_HASH_SLICE * 2 + 5)]
+    with engine._book_lock:
+        engine._book.merge_many("beta", burst)
+        assert engine._book.waiting("beta") == len(burst)
+        assert engine._defer_digest("beta")
+        assert not engine._defer_digest("beta")
+        assert engine._defer_digest("beta")  # compared once since: may wait again
+    engine._hash_in_slices()
+    with engine._book_lock:
+        assert engine._book.waiting() == 0
+        xor = 0
+        for position in burst:
+            xor ^= entry_hash(position)
+        assert engine._book.digest("beta") == (len(burst), xor.to_bytes(16, "little"))
+        assert not engine._defer_digest("beta")
