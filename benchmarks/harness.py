@@ -103,11 +103,33 @@ class Watch:
 
 
 def wait_all(watches: Iterable[Watch], timeout: float, what: str) -> float:
-    """Wait for every watch (one shared deadline); return when the last was done."""
+    """Wait for every watch (one shared deadline); return when the last was done. On a
+    failure, say which watched process has exited, if any: a row one node waits for may be
+    missing because the node that trades it died (its log tail is then given)."""
+    watches = list(watches)
     deadline = time.monotonic() + timeout
     done = 0.0
-    for watch in watches:
-        done = max(done, watch.wait(max(0.0, deadline - time.monotonic()), what))
+    try:
+        for watch in watches:
+            done = max(done, watch.wait(max(0.0, deadline - time.monotonic()), what))
+    except BenchError as exc:
+        dead = [
+            watch.proc
+            for watch in watches
+            if watch.proc is not None
+            and watch.proc.proc is not None
+            and watch.proc.proc.poll() is not None
+        ]
+        if not dead:
+            raise
+        raise BenchError(
+            f"{exc}\n"
+            + "".join(
+                f"{proc.name} had exited with status {proc.proc.returncode}:\n{proc.log_tail()}"
+                for proc in dead
+                if proc.proc is not None
+            )
+        ) from exc
     return done
 
 

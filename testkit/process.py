@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -30,9 +31,36 @@ ROOT = Path(__file__).resolve().parent.parent  # the repository
 _DROPPED_ENV = ("PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED")
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel gives outgoing connections (their local ports)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+_PORTS = random.Random()  # its own generator: a test seeding `random` gets no shared ports
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
+    """A TCP port free on 127.0.0.1 right now, below the kernel's range of ephemeral ports.
+
+    A port that ``bind(0)`` hands out is an ephemeral one: between this call and the node's
+    own bind, another process's outgoing connection (a node dialling its peers) may take it
+    as its local port, and the node then fails to start (seen once in a benchmark, as a
+    warm-up that waited for a node that had exited). Ports below that range are never given
+    to outgoing connections."""
+    high = _ephemeral_low()
+    low = min(10_000, high // 2)
+    for _ in range(1000):
+        port = _PORTS.randrange(low, high)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # that range full: any free port
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
