@@ -11,56 +11,32 @@ the test waits on output, never by sleeping.
 
 from __future__ import annotations
 
-import contextlib
-import random
 import re
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from testkit import FAST, ChildProcess, node_command
+from testkit import FAST, ChildProcess, free_port, node_command
 
 from .chaos_ledger import Ledger
 from .faultproxy import ProxyMesh
 from .procs import parse_row
 
-__all__ = ["ChaosCluster", "ChaosNode", "restartable_port", "restartable_ports"]
+__all__ = ["ChaosCluster", "ChaosNode", "restartable_ports"]
 
 _HOLDS = re.compile(r"store .* holds (\d+) position")
 View = dict[tuple[str, str], tuple[float, int]]
 
 
-def restartable_port() -> int:
-    """A free port below the kernel's ephemeral range, for a node restarted on the same port.
-
-    A port from ``free_port()`` is in the ephemeral range, where the kernel also picks the
-    ports of the proxies and of every outgoing connection: while the node is down, one of
-    those may take its port, and the restart would fail to listen. Below the range, only a
-    program binding that port on purpose can.
-    """
-    low = 32768
-    with contextlib.suppress(OSError, ValueError):
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    rng = random.SystemRandom()
-    for _ in range(200):
-        port = rng.randrange(max(1024, low - 12000), low)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no free port below the ephemeral range")
-
-
 def restartable_ports(names: list[str] | tuple[str, ...]) -> dict[str, int]:
-    """A distinct ``restartable_port()`` for each name."""
+    """A distinct port for each name, for nodes restarted on the same port: ``free_port()``
+    gives ports below the kernel's ephemeral range, which neither the proxies nor any
+    outgoing connection can take while a node is down."""
     ports: dict[str, int] = {}
     while len(ports) < len(names):
-        port = restartable_port()
+        port = free_port()
         if port not in ports.values():
             ports[names[len(ports)]] = port
     return ports
