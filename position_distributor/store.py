@@ -543,9 +543,9 @@ class Store:
         if the caller knows (it chooses how ``fold`` writes them).
 
         The position each trade leaves is in its journal entry: it is written to the
-        positions table later, by ``fold``, for many trades at a time (the ``book`` view
-        reads both meanwhile). A second B-tree written on every trade cost as much as the
-        journal's own.
+        positions table later, by ``fold``, for many trades at a time (``committed`` and
+        ``read_book`` read the journal meanwhile). A second B-tree written on every trade
+        cost as much as the journal's own.
         """
         if not trades:
             return
@@ -656,21 +656,7 @@ class Store:
             ).fetchone()
             if row is not None:
                 found[strategy, symbol] = Position(*row)
-        wanted = set(keys)
-        for positions in _logged_batches(self._db):
-            for position in positions:
-                if (position[0], position[1]) in wanted:
-                    found[position[0], position[1]] = position
-        own = {symbol for strategy, symbol in keys if strategy == self.name}
-        if own:
-            unfolded = self._db.execute(
-                "SELECT symbol, net_position, max(timestamp) FROM journal"
-                f" WHERE timestamp > ({_FOLDED}) GROUP BY symbol"
-            )
-            for symbol, net, timestamp in unfolded:
-                key = (self.name, symbol)
-                if symbol in own and (key not in found or found[key].timestamp < timestamp):
-                    found[key] = Position(self.name, symbol, net, timestamp)
+        _add_unfolded(self._db, self.name, found, set(keys))
         return found
 
     def _insert_many(
@@ -870,6 +856,36 @@ def _logged_batches(db: sqlite3.Connection) -> Iterator[list[Position]]:
         )
 
 
+def _add_unfolded(
+    db: sqlite3.Connection,
+    own: str,
+    book: dict[tuple[str, str], Position],
+    wanted: set[tuple[str, str]] | None = None,
+) -> None:
+    """Bring ``book`` (read from the positions table) up to what waits for a fold, for the
+    keys ``wanted`` (None: all): the position log's positions, in the order committed, then
+    each own symbol's last journal entry not folded yet (meta 'folded'), where newer. What
+    a fold would write, as ``load`` would then read it."""
+    for positions in _logged_batches(db):
+        for position in positions:
+            key = (position[0], position[1])
+            if wanted is None or key in wanted:
+                book[key] = position
+    if wanted is not None and not any(strategy == own for strategy, _ in wanted):
+        return
+    unfolded = db.execute(
+        "SELECT symbol, net_position, max(timestamp) FROM journal"
+        f" WHERE timestamp > coalesce(({_FOLDED}), 0) GROUP BY symbol"
+    )
+    for symbol, net, timestamp in unfolded:
+        key = (own, symbol)
+        if wanted is not None and key not in wanted:
+            continue
+        current = book.get(key)
+        if current is None or current.timestamp < timestamp:
+            book[key] = Position(own, symbol, net, timestamp)
+
+
 def read_book(path: Path | str) -> dict[tuple[str, str], Position]:
     """Every position a store file holds, as its node sees it, read without opening the
     store (read-only: safe while the node runs): the positions table, with what waits for
@@ -884,20 +900,8 @@ def read_book(path: Path | str) -> dict[tuple[str, str], Position]:
                 "SELECT strategy, symbol, net_position, timestamp FROM positions"
             )
         }
-        for positions in _logged_batches(db):
-            for position in positions:
-                book[position[0], position[1]] = position
-        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-        own = str(meta.get("strategy"))
-        unfolded = db.execute(
-            "SELECT symbol, net_position, max(timestamp) FROM journal WHERE timestamp > ?"
-            " GROUP BY symbol",
-            (meta.get("folded") or 0,),
-        )
-        for symbol, net, timestamp in unfolded:
-            current = book.get((own, symbol))
-            if current is None or current.timestamp < timestamp:
-                book[own, symbol] = Position(own, symbol, net, timestamp)
+        (own,) = db.execute("SELECT value FROM meta WHERE key = 'strategy'").fetchone()
+        _add_unfolded(db, str(own), book)
         db.execute("COMMIT")
         return book
     finally:
