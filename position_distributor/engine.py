@@ -550,8 +550,6 @@ class Engine:
                 self.stats.refused += len(trades)
             else:
                 self._count_trades([(arrived, n) for arrived, n in counts if n])
-                if self._store.fold_due:
-                    self._fold()
         for future, outcome in futures:
             if isinstance(outcome, Exception):
                 future.set_exception(outcome)
@@ -615,8 +613,6 @@ class Engine:
             stats.latency.observe(time.monotonic() - arrived)
             stats.trades += 1
             stats.own_changes += 1
-            if self._store.fold_due:
-                self._fold()
 
     def _refusal(self, refused: Position | Refused, symbol: str, quantity: float) -> str:
         """What to say of an own trade the book refused."""
@@ -829,8 +825,6 @@ class Engine:
                     )
                 )
                 self.stats.peer_changes += len(changes)
-                if self._store.fold_due:
-                    self._fold()
                 if removed:
                     self._store.remove(removed[0].strategy, [p.symbol for p in removed])
             except StoreError as exc:
@@ -873,8 +867,6 @@ class Engine:
             try:
                 self._publish(_Publication(changes, relayed=relayed))
                 self.stats.peer_changes += len(changes)
-                if self._store.fold_due:
-                    self._fold()
             except StoreError as exc:
                 self._put_back([(p.strategy, p.symbol) for p in changes])
                 self._store_failed(exc, f"{len(changes)} position(s) from peers")
@@ -1041,14 +1033,15 @@ class Engine:
             )
             self._store_failures = 0
             self._store_error_at = -_STORE_ERROR_EVERY
-        if not changes:
-            return
-        if batch.broadcast or batch.relayed:
-            self.sent += self._links.publish(batch.broadcast, batch.relayed)
-        self._out.write(format_rows(changes) if batch.rows is None else batch.rows)
-        latest = changes if batch.stored is None else batch.stored
-        for subscriber in self._subscribers:
-            subscriber.deliver(changes if subscriber.every_change else latest)
+        if changes:
+            if batch.broadcast or batch.relayed:
+                self.sent += self._links.publish(batch.broadcast, batch.relayed)
+            self._out.write(format_rows(changes) if batch.rows is None else batch.rows)
+            latest = changes if batch.stored is None else batch.stored
+            for subscriber in self._subscribers:
+                subscriber.deliver(changes if subscriber.every_change else latest)
+        if self._store.fold_due:  # so many wait that the fold cannot wait for a quiet moment
+            self._fold()
 
     # Anti-entropy.
 
