@@ -1129,10 +1129,14 @@ class Engine:
         time under the book lock (see ``Book.fold_some``): after a burst of many symbols,
         neither the next digest sent nor a peer's digest compared hashes them all at once
         in the path of the changes."""
-        while True:
+        with self._book_lock:
+            left = self._book.waiting()
+        # What waited at the start: what changes meanwhile is for the next digest read, so a
+        # steady flood of changes cannot keep this thread from sending its digest.
+        while left > 0:
             with self._book_lock:
-                if self._book.fold_some(_HASH_SLICE) == 0:
-                    return
+                self._book.fold_some(_HASH_SLICE)
+            left -= _HASH_SLICE
 
     def _defer_digest(self, strategy: str) -> bool:
         """Whether to leave a peer's digest uncompared, this once: when more than a slice of
