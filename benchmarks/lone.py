@@ -37,28 +37,9 @@ from position_distributor.protocol import Protocol
 from position_distributor.store import Store
 from position_distributor.wire import Hello, SyncDone, encode
 
+from .micro import _RecordingPeer
+
 SYMBOLS = [f"LAT{i:02d}" for i in range(50)]
-
-
-class _Peer:
-    """Stands in for Peer: encodes what it publishes (as Peer does) and keeps the frames."""
-
-    def __init__(self) -> None:
-        self.frames: list[bytes] = []
-
-    def publish(self, own: list[Any], relayed: Any = ()) -> int:
-        from position_distributor.wire import encode_positions
-
-        if not own:
-            return 0
-        self.frames.append(encode_positions(own))
-        return len(own)
-
-    def links(self) -> tuple[()]:
-        return ()
-
-    def configured(self) -> list[str | None]:
-        return []
 
 
 class _Link:
@@ -85,10 +66,12 @@ class Pair:
 
     def __init__(self, tmp: Path) -> None:
         self.sink = Output(open(os.devnull, "w"))  # noqa: SIM115
-        self.peer = _Peer()
+        self.peer = _RecordingPeer()
         self.sender = _engine("strategy_1", tmp / "a", self.peer, EventDispatcher(), self.sink)
         self.dispatcher = EventDispatcher()
-        self.receiver = _engine("strategy_2", tmp / "b", _Peer(), self.dispatcher, self.sink)
+        self.receiver = _engine(
+            "strategy_2", tmp / "b", _RecordingPeer(), self.dispatcher, self.sink
+        )
         self.protocol = Protocol("strategy_2", dialler=True)
         self.protocol.receive_data(encode(Hello("strategy_1")) + encode(SyncDone(0)))
         self.link = _Link()
@@ -109,7 +92,7 @@ class Pair:
     def receive(self) -> None:
         """The frames sent so far through the receiver, one read each (applied inline)."""
         receive_data, fire, link = self.protocol.receive_data, self.dispatcher.fire, self.link
-        frames, self.peer.frames = self.peer.frames, []
+        frames, self.peer.stream = self.peer.stream, []
         for frame in frames:
             fire(Event.MESSAGE, link, receive_data(frame))
 
