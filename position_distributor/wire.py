@@ -205,6 +205,13 @@ _MAX_PREFIXES: Final = 1024
 _high_varint: tuple[int, bytes] = (-1, b"")
 
 
+def _high_varint_of(high: int) -> bytes:
+    """The last 6 bytes of a timestamp's 9-byte varint, from its bits above the low 21."""
+    return bytes(((high >> shift) & 0x7F) | 0x80 for shift in range(0, 35, 7)) + bytes(
+        (high >> 35,)
+    )
+
+
 def encode_position(position: Position) -> bytes:
     """Encode one position as a complete frame (an ``Envelope`` holding a ``SymbolPos``).
 
@@ -226,9 +233,7 @@ def encode_position(position: Position) -> bytes:
         high, varint = _high_varint
         if timestamp >> 21 != high:
             high = timestamp >> 21
-            varint = bytes(((high >> shift) & 0x7F) | 0x80 for shift in range(0, 35, 7)) + bytes(
-                (high >> 35,)
-            )
+            varint = _high_varint_of(high)
             _high_varint = (high, varint)
         encoded = symbol.encode()
         # prefix, symbol length, symbol, tag 3, double, tag 4, 9-byte varint
@@ -278,7 +283,6 @@ _UP1: Final = bytes(((b << 1) & 0x7F) | 0x80 for b in range(256))
 _UP2: Final = bytes(((b << 2) & 0x7F) | 0x80 for b in range(256))
 _STRATEGY: Final = operator.itemgetter(0)
 _SYMBOL: Final = operator.itemgetter(1)
-_NET_OF: Final = operator.itemgetter(2)
 _TIMESTAMP: Final = operator.itemgetter(3)
 _ALIKE_MIN: Final = 16  # positions in a batch before _encode_alike pays
 
@@ -299,7 +303,7 @@ def _encode_alike(positions: list[Position]) -> bytes | None:
     first, last = min(stamps), max(stamps)
     if first < 0x100000000000000 or last >= 0x8000000000000000 or first >> 21 != last >> 21:
         return None
-    nets = list(map(_NET_OF, positions))
+    nets = list(map(_NET, positions))
     text = "".join(map(_SYMBOL, positions))
     length, rest = divmod(len(text), count)
     size = len(prefix) + length + 20
@@ -313,9 +317,7 @@ def _encode_alike(positions: list[Position]) -> bytes | None:
     ):
         return None
     high = first >> 21
-    varint = bytes(((high >> shift) & 0x7F) | 0x80 for shift in range(0, 35, 7)) + bytes(
-        (high >> 35,)
-    )
+    varint = _high_varint_of(high)
     record = size + 6  # the 4-byte length, the Envelope's tag and size, the body
     buffer = bytearray(
         b"\x00\x00\x00%c\x32%c%s%c%s\x19%s %s%s"
@@ -372,9 +374,7 @@ def encode_positions(positions: Iterable[Position]) -> bytes:
         high = timestamp >> 21
         if high != high_seen:
             high_seen = high
-            varint = bytes(((high >> shift) & 0x7F) | 0x80 for shift in range(0, 35, 7)) + bytes(
-                (high >> 35,)
-            )
+            varint = _high_varint_of(high)
             _high_varint = (high, varint)
         encoded = symbol.encode()
         size = len(prefix) + len(encoded) + 20
